@@ -1,0 +1,104 @@
+"""Structure of the Q/DQ graphs: every weighted op's inputs quantized, zero points 0 for
+TensorRT, the weight axis TensorRT documents for each op; and the graphs run."""
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from conftest import tiny_model
+from trtq.backends.onnxruntime import Runner, session
+from trtq.calib.collect import collect, expose_tensors
+from trtq.calib.methods import MinMax, compute_ranges
+from trtq.data.sources import Batch
+from trtq.evaluate.metrics import sqnr_db
+from trtq.quant.qdq import insert_qdq, name_nodes, plan_quantization
+
+EXPECTED_AXIS = {"conv": 0, "convt": 1, "fc1": 0, "fc2": 1, "mm": 1}
+
+
+def _calibrated(model, x):
+    plan = plan_quantization(model)
+    runner = Runner(session(expose_tensors(model, plan.activations)))
+    stats = collect(runner, plan.activations, [Batch({"input": x[i:i + 4]}, None, [""] * 4) for i in range(0, len(x), 4)])
+    return plan, compute_ranges(stats, MinMax())
+
+
+@pytest.fixture
+def setup():
+    model = tiny_model()
+    name_nodes(model)
+    x = np.random.default_rng(0).normal(size=(16, 3, 8, 8)).astype(np.float32)
+    plan, ranges = _calibrated(model, x)
+    return model, x, plan, ranges
+
+
+def _producers(model):
+    return {o: n for n in model.graph.node for o in n.output}
+
+
+def test_plan_covers_every_weighted_op_with_its_axis(setup):
+    _, _, plan, _ = setup
+    assert {q.node: q.axis for q in plan.nodes} == EXPECTED_AXIS
+    assert plan.activations == ["input", "relu_out", "flat", "fc1_out", "fc2_out"]
+
+
+def test_tensorrt_flavour_structure(setup):
+    model, _, plan, ranges = setup
+    q = insert_qdq(model, plan, ranges, "tensorrt")
+    prod = _producers(q)
+    inits = {i.name: numpy_helper.to_array(i) for i in q.graph.initializer}
+    for node in q.graph.node:
+        if node.name in EXPECTED_AXIS:
+            act_dq, w_dq = prod[node.input[0]], prod[node.input[1]]
+            assert act_dq.op_type == w_dq.op_type == "DequantizeLinear"
+            assert prod[act_dq.input[0]].op_type == "QuantizeLinear"
+            assert inits[w_dq.input[0]].dtype == np.int8  # weights stored int8 behind a DQ
+            axis = next(a.i for a in w_dq.attribute if a.name == "axis")
+            assert axis == EXPECTED_AXIS[node.name]
+            assert inits[w_dq.input[1]].shape == (inits[w_dq.input[0]].shape[axis],)
+            if len(node.input) > 2:  # TensorRT takes FP32 bias
+                assert node.input[2] in inits and inits[node.input[2]].dtype == np.float32
+    for node in q.graph.node:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            zp = inits[node.input[2]]
+            assert zp.dtype == np.int8 and not zp.any(), node.name
+            assert np.all(inits[node.input[1]] > 0)
+    # nothing quantizes the outputs of weighted ops
+    consumers = {i for n in q.graph.node if n.op_type == "QuantizeLinear" for i in n.input[:1]}
+    assert not consumers & {"conv_out", "convt_out", "output"}
+    onnx.checker.check_model(q, full_check=True)
+
+
+def test_activation_scale_is_amax_over_127(setup):
+    model, _, plan, ranges = setup
+    q = insert_qdq(model, plan, ranges, "tensorrt")
+    inits = {i.name: numpy_helper.to_array(i) for i in q.graph.initializer}
+    assert inits["relu_out_scale"] == pytest.approx(ranges["relu_out"]["amax"] / 127, rel=1e-6)
+
+
+def test_onnxruntime_flavour_has_uint8_activations_and_int32_bias(setup):
+    model, _, plan, ranges = setup
+    q = insert_qdq(model, plan, ranges, "onnxruntime", weight_qmax=64)
+    inits = {i.name: numpy_helper.to_array(i) for i in q.graph.initializer}
+    assert inits["relu_out_zero_point"].dtype == np.uint8
+    assert inits["relu_out_zero_point"] == 0  # ReLU output is non-negative: zero maps to 0
+    assert inits["input_zero_point"].dtype == np.uint8 and 100 < inits["input_zero_point"] < 156
+    assert inits["conv.b_quantized"].dtype == np.int32
+    assert np.abs(inits["conv.w_quantized"]).max() == 64
+
+
+@pytest.mark.parametrize("flavor", ["tensorrt", "onnxruntime"])
+def test_quantized_model_tracks_fp32(setup, flavor):
+    model, x, plan, ranges = setup
+    ref = Runner(session(model))({"input": x})[0]
+    got = Runner(session(insert_qdq(model, plan, ranges, flavor), optimize=False))({"input": x})[0]
+    assert sqnr_db(ref, got) > 25
+
+
+def test_excluded_ops_and_nodes_stay_fp32():
+    model = tiny_model()
+    name_nodes(model)
+    plan = plan_quantization(model, exclude_ops=("MatMul",), exclude_nodes=("conv",))
+    assert {q.node for q in plan.nodes} == {"convt", "fc1", "fc2"}
+    assert ("conv", "excluded by the job") in plan.kept_fp32

@@ -1,0 +1,64 @@
+import numpy as np
+import pytest
+
+from trtq.quant.weights import dequantize_weights, per_channel_scales, quantize_weights, weight_axis
+
+# rows with max |w| 3.0, 2.5, 1.2, 1.0 (the hand-computed example)
+W = np.array([[3.0, -1.0, 0.5],
+              [-2.5, 2.0, 0.0],
+              [0.6, -1.2, 1.1],
+              [1.0, 0.25, -0.75]], dtype=np.float32)
+
+
+def test_per_channel_scales_of_a_4x3_matrix_are_row_max_over_127():
+    scales = per_channel_scales(W, axis=0)
+    np.testing.assert_allclose(scales, np.array([3.0, 2.5, 1.2, 1.0]) / 127, rtol=1e-7)
+    assert scales.dtype == np.float32
+
+
+def test_same_matrix_stored_transposed_uses_axis_1():
+    np.testing.assert_array_equal(per_channel_scales(W.T, axis=1), per_channel_scales(W, axis=0))
+
+
+def test_quantized_values_round_half_to_even_and_saturate():
+    q = quantize_weights(W, per_channel_scales(W, 0), 0)
+    assert q.dtype == np.int8
+    # the channel maximum maps to ±127 exactly; 1.5/ (3/127) = 63.5 → 64 (half to even)
+    assert q[0, 0] == 127 and q[1, 0] == -127 and q[2, 1] == -127 and q[3, 0] == 127
+    w = np.array([[3.0, 1.5]], np.float32)
+    assert list(quantize_weights(w, per_channel_scales(w, 0), 0)[0]) == [127, 64]
+    # reconstruction error is at most half a step per channel
+    err = np.abs(dequantize_weights(q, per_channel_scales(W, 0), 0) - W)
+    assert np.all(err <= per_channel_scales(W, 0)[:, None] / 2 + 1e-7)
+
+
+def test_all_zero_channel_gets_a_positive_scale():
+    w = np.zeros((2, 3), np.float32)
+    w[1] = [1.0, -2.0, 0.5]
+    scales = per_channel_scales(w, 0)
+    assert scales[0] > 0 and scales[0] == pytest.approx(1 / 127)
+    assert np.all(quantize_weights(w, scales, 0)[0] == 0)
+
+
+def test_seven_bit_weights_use_qmax_64():
+    q = quantize_weights(W, per_channel_scales(W, 0, qmax=64), 0, qmax=64)
+    assert q.max() == 64 and q.min() == -64
+
+
+@pytest.mark.parametrize("op,attrs,ndim,axis", [
+    ("Conv", {}, 4, 0),
+    ("ConvTranspose", {}, 4, 1),
+    ("Gemm", {"transB": 1}, 2, 0),
+    ("Gemm", {"transB": 0}, 2, 1),
+    ("Gemm", {}, 2, 1),
+    ("MatMul", {}, 2, 1),
+])
+def test_weight_axis_follows_tensorrt_rules(op, attrs, ndim, axis):
+    assert weight_axis(op, attrs, ndim) == axis
+
+
+def test_conv_weight_scales_are_per_output_channel():
+    rng = np.random.default_rng(1)
+    w = rng.normal(size=(8, 3, 3, 3)).astype(np.float32)
+    expected = np.abs(w).reshape(8, -1).max(axis=1) / 127
+    np.testing.assert_allclose(per_channel_scales(w, 0), expected, rtol=1e-6)

@@ -1,0 +1,90 @@
+"""ONNX Runtime on CPU: sessions for FP32/INT8 inference, and the INT8 "engine" — the Q/DQ
+model optimized offline for this machine, so loading it does no re-optimization."""
+
+from __future__ import annotations
+
+import platform
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from ..errors import BackendError
+
+INT8_KERNELS = {"QLinearConv", "QGemm", "QLinearMatMul", "MatMulInteger", "ConvInteger",
+                "DynamicQuantizeMatMul", "QLinearAdd", "QLinearGlobalAveragePool", "QLinearAveragePool"}
+FP32_WEIGHTED = {"Conv", "FusedConv", "Gemm", "FusedGemm", "MatMul", "FusedMatMul", "ConvTranspose", "NchwcConv"}
+
+
+def session(model: onnx.ModelProto | str | Path, threads: int | None = None, optimize: bool = True,
+            optimized_path: Path | None = None) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
+                                     else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    if threads:
+        opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    if optimized_path is not None:
+        opts.optimized_model_filepath = str(optimized_path)
+    data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
+    try:
+        return ort.InferenceSession(data, sess_options=opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
+        first = str(exc).strip().splitlines()[0][:300]
+        raise BackendError(f"onnxruntime cannot load the model: {first}") from None
+
+
+class Runner:
+    """Runs a session; ``run(feeds, names)`` returns the named outputs (default: all)."""
+
+    def __init__(self, sess: ort.InferenceSession):
+        self.sess = sess
+        self.input_names = [i.name for i in sess.get_inputs()]
+        self.output_names = [o.name for o in sess.get_outputs()]
+
+    def __call__(self, feeds: dict[str, np.ndarray], names: list[str] | None = None) -> list[np.ndarray]:
+        return self.sess.run(names or self.output_names, feeds)
+
+
+def build_engine(qdq_model: onnx.ModelProto, path: Path, threads: int | None = None) -> dict:
+    """Optimize the ONNX Runtime Q/DQ model for this CPU, save it at ``path``; count kernels."""
+    session(qdq_model, threads=threads, optimized_path=path)
+    return count_kernels(onnx.load(str(path), load_external_data=False))
+
+
+def count_kernels(optimized: onnx.ModelProto) -> dict:
+    ops = Counter(n.op_type for n in optimized.graph.node)
+    return {
+        "int8_weighted": sum(v for k, v in ops.items() if k in INT8_KERNELS),
+        "fp32_weighted": sum(v for k, v in ops.items() if k in FP32_WEIGHTED),
+        "ops": dict(sorted(ops.items())),
+    }
+
+
+def load_engine(path: Path, threads: int | None = None) -> Runner:
+    """An engine is already optimized: load it without running the optimizers again."""
+    return Runner(session(path, threads=threads, optimize=False))
+
+
+def cpu_info() -> dict:
+    flags: set[str] = set()
+    model_name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
+            elif line.startswith("model name") and model_name in ("", platform.machine()):
+                model_name = line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return {
+        "cpu": model_name,
+        "machine": platform.machine(),
+        "vnni": bool(flags & {"avx512_vnni", "avx_vnni", "amx_int8"}),
+        "avx2": "avx2" in flags,
+        "avx512": "avx512f" in flags,
+        "onnxruntime": ort.__version__,
+    }

@@ -1,0 +1,63 @@
+"""TensorRT calibration cache, in TensorRT's own text format.
+
+    TRT-8601-EntropyCalibration2
+    input: 3c010a14
+
+Each value is the IEEE-754 float32 bit pattern, big-endian, of the *scale* ``amax / 127``.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from dataclasses import dataclass, field
+
+from ..errors import CacheError
+from ..scales import safe_amax
+
+_HEADER = re.compile(r"^TRT-(\d+)-([A-Za-z0-9]+)$")
+_LINE = re.compile(r"^(.+): ([0-9a-fA-F]{8})$")
+
+
+@dataclass
+class CalibrationCache:
+    version: str = "8601"
+    algorithm: str = "EntropyCalibration2"
+    scales: dict[str, float] = field(default_factory=dict)
+
+    def amax(self) -> dict[str, float]:
+        return {k: v * 127.0 for k, v in self.scales.items()}
+
+
+def encode_scale(scale: float) -> str:
+    return struct.pack("!f", scale).hex()
+
+
+def decode_scale(hex8: str) -> float:
+    return struct.unpack("!f", bytes.fromhex(hex8))[0]
+
+
+def dumps(cache: CalibrationCache) -> str:
+    lines = [f"TRT-{cache.version}-{cache.algorithm}"]
+    lines += [f"{name}: {encode_scale(scale)}" for name, scale in cache.scales.items()]
+    return "\n".join(lines) + "\n"
+
+
+def loads(text: str | bytes, source: str = "cache") -> CalibrationCache:
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", errors="replace")
+    lines = [ln.rstrip("\r") for ln in text.split("\n") if ln.strip()]
+    if not lines or not (m := _HEADER.match(lines[0].strip())):
+        raise CacheError(f"{source}: not a TensorRT calibration cache (first line must look like TRT-8601-EntropyCalibration2)")
+    cache = CalibrationCache(m.group(1), m.group(2), {})
+    for n, line in enumerate(lines[1:], start=2):
+        lm = _LINE.match(line)
+        if not lm:
+            raise CacheError(f"{source}:{n}: expected '<tensor name>: <8 hex digits>', got {line[:60]!r}")
+        cache.scales[lm.group(1)] = decode_scale(lm.group(2))
+    return cache
+
+
+def from_ranges(amax: dict[str, float], version: str, algorithm: str) -> CalibrationCache:
+    """Scales ``amax / 127``; a zero range gets the scale of amax 1 (see :func:`safe_amax`)."""
+    return CalibrationCache(version, algorithm, {k: safe_amax(a) / 127.0 for k, a in amax.items()})

@@ -1,0 +1,45 @@
+"""Streaming collection: run the FP32 model batch by batch and fold the tensors to be
+quantized into :class:`TensorStats`; each batch's activations are dropped after folding."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from .stats import TensorStats
+
+Runner = Callable[[dict[str, np.ndarray], list[str]], list[np.ndarray]]
+
+
+def expose_tensors(model: onnx.ModelProto, tensors: list[str]) -> onnx.ModelProto:
+    """A copy of ``model`` whose graph outputs also include ``tensors`` (graph inputs excepted)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    have = {o.name for o in out.graph.output} | {i.name for i in out.graph.input}
+    types = {vi.name: vi.type.tensor_type.elem_type for vi in out.graph.value_info}
+    for name in tensors:
+        if name not in have:
+            out.graph.output.append(helper.make_tensor_value_info(name, types.get(name, onnx.TensorProto.FLOAT), None))
+    return out
+
+
+def collect(run: Runner, tensors: list[str], batches: Iterable, on_batch: Callable[[int], None] | None = None,
+            stats: dict[str, TensorStats] | None = None) -> dict[str, TensorStats]:
+    """Fold every batch's values of ``tensors`` into per-tensor statistics.
+
+    ``run(feeds, names)`` returns the arrays of ``names`` for one batch (tensors that are
+    graph inputs are taken from the feeds directly).
+    """
+    stats = {t: TensorStats() for t in tensors} if stats is None else stats
+    for batch in batches:
+        to_run = [t for t in tensors if t not in batch.feeds]
+        values = dict(zip(to_run, run(batch.feeds, to_run))) if to_run else {}
+        for t in tensors:
+            stats[t].update(batch.feeds[t] if t in batch.feeds else values[t])
+        del values
+        if on_batch is not None:
+            on_batch(len(batch))
+    return stats

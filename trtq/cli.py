@@ -1,0 +1,111 @@
+"""Command line: ``trtq build JOB.yaml``, ``trtq inspect MODEL.onnx``.
+
+User errors print one line and exit 2 with no traceback; Ctrl-C likewise, leaving nothing behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .errors import TrtqError
+
+
+def _console(stderr: bool = False):
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False)
+
+
+def _cmd_build(args) -> int:
+    from .jobs.build import build
+    from .jobs.schema import load_job
+    from .progress import Progress, RichProgress
+    from .report.writer import headline_rows
+
+    job = load_job(args.job, args.set or [])
+    err = _console(stderr=True)
+    progress = Progress() if args.quiet else RichProgress(err)
+    result = build(job, Path(args.out).resolve() if args.out else None, progress)
+    _print_summary(result, headline_rows(result.report, intervals=False))
+    return 0
+
+
+def _print_summary(result, rows) -> None:
+    from rich.table import Table
+
+    out = _console()
+    rep = result.report
+    cal = rep["calibration"]
+    table = Table(title=f"trtq build {rep['job']['name']} → {result.out_dir}", title_justify="left")
+    for col in ("metric", "FP32", "INT8", "change"):
+        table.add_column(col, justify="left" if col == "metric" else "right")
+    table.add_row("calibration", "", f"{cal['method']['method']}, {cal['samples']} samples", f"{cal['seconds']:.1f} s")
+    kernels = rep.get("engine", {}).get("kernels")
+    if kernels:
+        table.add_row("INT8/FP32 kernels", "", f"{kernels['int8_weighted']} / {kernels['fp32_weighted']}", "")
+    for row in rows:
+        table.add_row(*row)
+    out.print(table)
+    out.print("artifacts: " + ", ".join(rep["artifacts"]))
+
+
+def _cmd_inspect(args) -> int:
+    from rich.table import Table
+
+    from .model import input_specs, load_model, output_names
+    from .quant.qdq import name_nodes, plan_quantization
+
+    model = load_model(Path(args.model))
+    name_nodes(model)
+    plan = plan_quantization(model)
+    out = _console()
+    for spec in input_specs(model):
+        out.print(f"input  {spec.name}: {spec.dtype} {['?' if d is None else d for d in spec.shape]}")
+    for name in output_names(model):
+        out.print(f"output {name}")
+    table = Table(title=f"{len(plan.nodes)} weighted ops trtq quantizes")
+    for col in ("node", "op", "activation", "weight", "axis"):
+        table.add_column(col)
+    for q in plan.nodes:
+        table.add_row(q.node, q.op_type, q.activation, q.weight, str(q.axis))
+    out.print(table)
+    for node, why in plan.kept_fp32:
+        out.print(f"kept FP32: {node} ({why})")
+    return 0
+
+
+def make_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    p = argparse.ArgumentParser(prog="trtq", description="INT8 deployment pipeline for TensorRT and ONNX Runtime")
+    p.add_argument("--version", action="version", version=f"trtq {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+    b = sub.add_parser("build", help="calibrate, quantize, build and evaluate one job")
+    b.add_argument("job", help="the job's YAML file")
+    b.add_argument("--set", action="append", metavar="KEY.PATH=VALUE",
+                   help="override a job key, e.g. --set calibration.path=../data (repeatable)")
+    b.add_argument("--out", help="output root (default: the job's 'output', else ./engines)")
+    b.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    b.set_defaults(func=_cmd_build)
+    i = sub.add_parser("inspect", help="list a model's inputs and the ops trtq would quantize")
+    i.add_argument("model")
+    i.set_defaults(func=_cmd_inspect)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except TrtqError as exc:
+        print(f"trtq: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("trtq: interrupted; no partial output was left behind", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

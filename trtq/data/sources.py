@@ -1,0 +1,274 @@
+"""Data sources (image folders, .npy/.npz files or folders, Python loaders) and batching.
+
+A source yields :class:`Sample` objects one at a time — nothing holds the whole data set — and
+:func:`batches` checks each sample against the model's inputs and stacks them into batches.
+Batches are formed from individual samples, so what a consumer sees does not depend on how a
+loader happened to batch its data.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import importlib
+import importlib.util
+import itertools
+import sys
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DataError
+from ..jobs.schema import DataSpec
+from ..model import InputSpec
+from .preprocess import load_image
+
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+LABEL_KEYS = ("labels", "label", "y")
+
+
+@dataclass
+class Sample:
+    id: str
+    feeds: dict[str, np.ndarray]  # one sample, no batch dimension
+    label: int | None = None
+
+
+@dataclass
+class Batch:
+    feeds: dict[str, np.ndarray]
+    labels: np.ndarray | None
+    ids: list[str]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+@dataclass
+class Source:
+    """An iterable of samples with what is known about it up front."""
+
+    description: str
+    samples: Iterable[Sample]
+    count: int | None  # None when unknown until read (loaders)
+    has_labels: bool
+    files: list[Path] = field(default_factory=list)
+
+    def __iter__(self) -> Iterator[Sample]:
+        return iter(self.samples)
+
+
+def _single_input(spec: DataSpec, inputs: list[InputSpec], section: str) -> str:
+    names = [i.name for i in inputs]
+    if spec.input is not None:
+        if spec.input not in names:
+            raise DataError(f"{section}.input: '{spec.input}' is not a model input; inputs: {', '.join(names)}")
+        return spec.input
+    if len(names) != 1:
+        raise DataError(f"{section}.input: the model has inputs {', '.join(names)}; name the one this data feeds")
+    return names[0]
+
+
+def _read_labels(csv_path: Path, section: str) -> dict[str, int]:
+    try:
+        with open(csv_path, newline="") as f:
+            reader = csv.DictReader(f)
+            if not reader.fieldnames or not {"file", "class_index"} <= set(reader.fieldnames):
+                raise DataError(f"{csv_path}: labels CSV needs the columns 'file,class_index'")
+            return {row["file"]: int(row["class_index"]) for row in reader}
+    except ValueError as exc:
+        raise DataError(f"{csv_path}: bad class_index ({exc}); every class_index must be an integer") from None
+    except OSError as exc:
+        raise DataError(f"{csv_path}: cannot read labels ({exc.strerror}); check {section}.labels") from None
+
+
+def _image_source(spec: DataSpec, inputs: list[InputSpec], section: str) -> Source:
+    folder = spec.path
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS and p.is_file())
+    name = _single_input(spec, inputs, section)
+    labels_path = spec.labels or (folder / "labels.csv")
+    labels = _read_labels(labels_path, section) if (spec.labels or labels_path.is_file()) else None
+    if labels is not None:
+        missing = [p.name for p in files if p.name not in labels]
+        if missing:
+            raise DataError(f"{labels_path}: no label for {len(missing)} image(s), e.g. {missing[0]}; add them or remove the images")
+
+    def gen():
+        for p in files:
+            yield Sample(p.name, {name: load_image(p, spec.preprocess)}, labels[p.name] if labels else None)
+
+    return Source(f"images in {folder}", gen(), len(files), labels is not None, files)
+
+
+def _array_samples(path: Path, spec: DataSpec, inputs: list[InputSpec], section: str) -> tuple[int, bool, Iterator[Sample]]:
+    names = {i.name for i in inputs}
+    try:
+        if path.suffix == ".npy":
+            arrays = {_single_input(spec, inputs, section): np.load(path, mmap_mode="r", allow_pickle=False)}
+            labels = None
+        else:
+            npz = np.load(path, allow_pickle=False)
+            keys = list(npz.files)
+            label_key = next((k for k in LABEL_KEYS if k in keys and k not in names), None)
+            data_keys = [k for k in keys if k != label_key]
+            if any(k in names for k in data_keys):
+                arrays = {k: npz[k] for k in data_keys}
+            elif len(data_keys) == 1:
+                arrays = {_single_input(spec, inputs, section): npz[data_keys[0]]}
+            else:
+                raise DataError(f"{path}: arrays {', '.join(data_keys)} match no model input ({', '.join(sorted(names))}); name them after the inputs")
+            labels = npz[label_key] if label_key else None
+    except (ValueError, OSError) as exc:
+        raise DataError(f"{path}: cannot read array file ({exc}); give a .npy or .npz written by numpy") from None
+    lengths = {k: a.shape[0] if a.ndim else 0 for k, a in arrays.items()}
+    if len(set(lengths.values())) != 1 or (labels is not None and len(labels) != next(iter(lengths.values()))):
+        raise DataError(f"{path}: arrays have different first dimensions {lengths}; all must hold the same samples")
+    n = next(iter(lengths.values()))
+
+    def gen():
+        for i in range(n):
+            yield Sample(f"{path.name}[{i}]", {k: np.asarray(a[i]) for k, a in arrays.items()},
+                         int(labels[i]) if labels is not None else None)
+
+    return n, labels is not None, gen()
+
+
+def _array_source(spec: DataSpec, inputs: list[InputSpec], section: str) -> Source:
+    path = spec.path
+    files = [path] if path.is_file() else sorted(p for p in path.iterdir() if p.suffix in (".npy", ".npz"))
+    parts = [_array_samples(p, spec, inputs, section) for p in files]
+    has_labels = bool(parts) and all(p[1] for p in parts)
+    return Source(f"arrays in {path}", itertools.chain.from_iterable(p[2] for p in parts),
+                  sum(p[0] for p in parts), has_labels, files)
+
+
+def _import_loader(ref: str, section: str):
+    mod_name, _, fn_name = ref.rpartition(":")
+    try:
+        if mod_name.endswith(".py"):
+            spec = importlib.util.spec_from_file_location(Path(mod_name).stem, mod_name)
+            if spec is None or not Path(mod_name).is_file():
+                raise ImportError(f"no file {mod_name}")
+            module = importlib.util.module_from_spec(spec)
+            sys.modules.setdefault(spec.name, module)
+            spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(mod_name)
+        return getattr(module, fn_name)
+    except (ImportError, AttributeError) as exc:
+        raise DataError(f"{section}.loader: cannot import '{ref}' ({exc}); give 'module:function' or 'file.py:function'") from None
+
+
+def _loader_source(spec: DataSpec, inputs: list[InputSpec], section: str) -> Source:
+    fn = _import_loader(spec.loader, section)
+    names = {i.name for i in inputs}
+
+    def gen():
+        for b, batch in enumerate(fn()):
+            if not isinstance(batch, dict):
+                raise DataError(f"{section}.loader: batch {b} is a {type(batch).__name__}; yield dicts {{input_name: array}}")
+            label_key = next((k for k in LABEL_KEYS if k in batch and k not in names), None)
+            arrays = {k: np.asarray(v) for k, v in batch.items() if k != label_key}
+            n = {len(a) if a.ndim else 0 for a in arrays.values()}
+            if len(n) != 1:
+                raise DataError(f"{section}.loader: batch {b} has arrays of different batch sizes; all must match")
+            for i in range(n.pop()):
+                label = int(batch[label_key][i]) if label_key else None
+                yield Sample(f"batch{b}[{i}]", {k: a[i] for k, a in arrays.items()}, label)
+
+    return Source(f"loader {spec.loader}", gen(), None, False)
+
+
+def open_source(spec: DataSpec, inputs: list[InputSpec], section: str) -> Source:
+    """Open the data a job section names; errors name ``section`` keys."""
+    if spec.loader is not None:
+        return _loader_source(spec, inputs, section)
+    path = spec.path
+    if not path.exists():
+        raise DataError(f"{section}.path: {path} does not exist; point it at an image folder, a .npy/.npz file or folder")
+    if path.is_file():
+        if path.suffix not in (".npy", ".npz"):
+            raise DataError(f"{section}.path: {path} is neither a folder nor a .npy/.npz file")
+        source = _array_source(spec, inputs, section)
+    else:
+        entries = [p for p in path.iterdir() if p.is_file()]
+        if any(p.suffix.lower() in IMAGE_EXTS for p in entries):
+            source = _image_source(spec, inputs, section)
+        elif any(p.suffix in (".npy", ".npz") for p in entries):
+            source = _array_source(spec, inputs, section)
+        else:
+            raise DataError(f"{section}.path: {path} holds no images or .npy/.npz files; the data source is empty")
+    if source.count == 0:
+        raise DataError(f"{section}.path: {path} holds no samples; the data source is empty")
+    return source
+
+
+def _check_sample(sample: Sample, inputs: list[InputSpec], section: str) -> dict[str, np.ndarray]:
+    expected = {i.name: i for i in inputs}
+    got = set(sample.feeds)
+    if got != set(expected):
+        missing, extra = sorted(set(expected) - got), sorted(got - set(expected))
+        detail = (f"missing {', '.join(missing)}" if missing else "") + ("; " if missing and extra else "") + \
+                 (f"unknown {', '.join(extra)}" if extra else "")
+        raise DataError(f"{section}: sample {sample.id}: input names don't match the model ({detail}); model inputs: {', '.join(expected)}")
+    out = {}
+    for name, arr in sample.feeds.items():
+        spec = expected[name]
+        want = spec.sample_shape()
+        if arr.ndim != len(want) or any(w is not None and w != g for w, g in zip(want, arr.shape)):
+            shown = "x".join("?" if w is None else str(w) for w in want)
+            raise DataError(f"{section}: sample {sample.id}: tensor '{name}' has shape {'x'.join(map(str, arr.shape))}, "
+                            f"the model wants {shown} per sample; fix the data or its preprocessing")
+        if arr.dtype != spec.dtype:
+            if not np.can_cast(arr.dtype, spec.dtype, casting="same_kind"):
+                raise DataError(f"{section}: sample {sample.id}: tensor '{name}' is {arr.dtype}, the model wants {spec.dtype}")
+            arr = arr.astype(spec.dtype)
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            raise DataError(f"{section}: sample {sample.id}: tensor '{name}' contains NaN or Inf; clean the data")
+        out[name] = arr
+    return out
+
+
+def batches(source: Source, inputs: list[InputSpec], batch_size: int, section: str,
+            skip: int = 0, max_samples: int | None = None, digest: "hashlib._Hash | None" = None) -> Iterator[Batch]:
+    """Check samples and stack them into batches of ``batch_size`` (the last one may be short).
+
+    ``digest``, when given, is updated with every sample's bytes in order, so the data
+    fingerprint does not depend on the batch size.
+    """
+    stop = None if max_samples is None else skip + max_samples
+    selected = itertools.islice(source, skip, stop)
+    buf: list[tuple[str, dict[str, np.ndarray], int | None]] = []
+    yielded = 0
+
+    def flush():
+        feeds = {k: np.stack([b[1][k] for b in buf]) for k in buf[0][1]}
+        have = all(b[2] is not None for b in buf)
+        labels = np.array([b[2] for b in buf], dtype=np.int64) if have else None
+        return Batch(feeds, labels, [b[0] for b in buf])
+
+    for sample in selected:
+        feeds = _check_sample(sample, inputs, section)
+        if digest is not None:
+            for k in sorted(feeds):
+                digest.update(k.encode())
+                digest.update(np.ascontiguousarray(feeds[k]).tobytes())
+        buf.append((sample.id, feeds, sample.label))
+        if len(buf) == batch_size:
+            yield flush()
+            yielded += len(buf)
+            buf = []
+    if buf:
+        yield flush()
+        yielded += len(buf)
+    if yielded == 0:
+        raise DataError(f"{section}: no samples left after skip={skip}; the data source is empty")
+
+
+def planned_count(source: Source, skip: int, max_samples: int | None) -> int | None:
+    if source.count is None:
+        return max_samples
+    n = max(0, source.count - skip)
+    return n if max_samples is None else min(n, max_samples)

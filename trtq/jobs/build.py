@@ -1,0 +1,208 @@
+"""``trtq build``: the stages of one job, from the validated :class:`Job` to the report.
+
+    model → calibration statistics (streamed) → ranges → Q/DQ models + cache → engine → evaluation → report
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from .. import __version__
+from ..backends import onnxruntime as ort_backend
+from ..backends import tensorrt as trt_backend
+from ..calib import cache as trt_cache
+from ..calib.collect import collect, expose_tensors
+from ..calib.methods import compute_ranges, make_method
+from ..data.sources import Source, batches, open_source, planned_count
+from ..errors import JobError, ModelError
+from ..evaluate.latency import interleaved, summarize
+from ..evaluate.metrics import AccuracyAccumulator
+from ..model import InputSpec, input_specs, load_model, output_names
+from ..progress import Progress
+from ..quant.qdq import QuantPlan, insert_qdq, name_nodes, plan_quantization
+from ..report.writer import write_json, write_markdown
+from ..scales import safe_amax
+from .output import staged_output
+from .schema import Job
+
+QDQ_MODEL = "model.int8.onnx"
+ORT_ENGINE = "engine.ort.onnx"
+CACHE = "calibration.cache"
+RANGES = "ranges.json"
+
+
+@dataclass
+class BuildResult:
+    out_dir: Path
+    report: dict
+
+
+def _check_batch_sizes(job: Job, inputs: list[InputSpec]) -> None:
+    for spec in inputs:
+        fixed = spec.fixed_batch
+        if fixed is None:
+            continue
+        sizes = [("calibration.batch_size", job.calibration.batch_size)]
+        if job.evaluation is not None:
+            sizes.append(("evaluation.batch_size", job.evaluation.batch_size))
+            sizes += [("evaluation.latency.batch_sizes", b) for b in job.evaluation.latency.batch_sizes]
+        for key, size in sizes:
+            if size != fixed:
+                raise JobError(f"{key}: model input '{spec.name}' has a fixed batch of {fixed}; set {key} to {fixed} "
+                               "(or export the model with a dynamic batch dimension)")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _calibrate(job: Job, model: onnx.ModelProto, plan: QuantPlan, inputs: list[InputSpec], source: Source,
+               progress: Progress) -> tuple[dict, dict]:
+    spec = job.calibration
+    runner = ort_backend.Runner(ort_backend.session(expose_tensors(model, plan.activations), optimize=True))
+    digest = hashlib.sha256()
+    seen = [0]
+
+    def count(n: int) -> None:
+        seen[0] += n
+        advance(n)
+
+    t0 = time.perf_counter()
+    with progress.task("calibrating", planned_count(source, spec.skip, spec.max_samples)) as advance:
+        stats = collect(runner, plan.activations,
+                        batches(source, inputs, spec.batch_size, "calibration", spec.skip, spec.max_samples, digest),
+                        on_batch=count)
+    seconds = time.perf_counter() - t0
+    method = make_method(job.calibrator)
+    ranges = compute_ranges(stats, method)
+    info = {"method": method.describe(), "samples": seen[0], "seconds": seconds, "tensors": len(ranges),
+            "data_fingerprint": digest.hexdigest(), "source": source.description,
+            "batch_size": spec.batch_size, "skip": spec.skip}
+    return ranges, info
+
+
+def _write_ranges(stage: Path, ranges: dict, info: dict, model_sha: str, job: Job) -> None:
+    doc = {
+        "calibrator": info["method"],
+        "data_fingerprint": info["data_fingerprint"],
+        "samples": info["samples"],
+        "model_sha256": model_sha,
+        "tensors": {k: {**v, "scale": safe_amax(v["amax"]) / 127.0} for k, v in ranges.items()},
+    }
+    (stage / RANGES).write_text(json.dumps(doc, indent=2) + "\n")
+    cache = trt_cache.from_ranges({k: v["amax"] for k, v in ranges.items()},
+                                  job.calibrator.cache_version, job.calibrator.cache_algorithm)
+    (stage / CACHE).write_text(trt_cache.dumps(cache))
+
+
+def _latency_feeds(first: dict[str, np.ndarray], batch_size: int) -> dict[str, np.ndarray]:
+    """A batch of ``batch_size`` built from real evaluation samples (repeated if too few)."""
+    out = {}
+    for k, v in first.items():
+        reps = -(-batch_size // len(v))
+        out[k] = np.ascontiguousarray(np.concatenate([v] * reps)[:batch_size])
+    return out
+
+
+def _evaluate(job: Job, fp32, int8, inputs: list[InputSpec], source: Source, progress: Progress) -> dict:
+    spec = job.evaluation
+    acc = AccuracyAccumulator(spec.top_k)
+    first: dict[str, np.ndarray] | None = None
+    out_name = fp32.output_names[0]
+    with progress.task("evaluating accuracy", planned_count(source, spec.skip, spec.max_samples)) as advance:
+        for batch in batches(source, inputs, spec.batch_size, "evaluation", spec.skip, spec.max_samples):
+            if first is None:
+                first = batch.feeds
+            acc.update(fp32(batch.feeds, [out_name])[0], int8(batch.feeds, [out_name])[0], batch.labels)
+            advance(len(batch))
+    accuracy = acc.result()
+    lat = {"fp32": {}, "int8": {}}
+    lspec = spec.latency
+    with progress.task("measuring latency", len(lspec.batch_sizes)) as advance:
+        for bs in lspec.batch_sizes:
+            feeds = _latency_feeds(first, bs)
+            times = interleaved({"fp32": lambda: fp32(feeds), "int8": lambda: int8(feeds)},
+                                lspec.warmup, lspec.iterations)
+            for side in ("fp32", "int8"):
+                lat[side][str(bs)] = summarize(times[side], bs)
+            advance(1)
+    result = {}
+    for side in ("fp32", "int8"):
+        by_batch = lat[side]
+        head = by_batch[str(lspec.batch_sizes[0])]
+        result[side] = {"accuracy": accuracy[side],
+                        "latency": {"batch_size": lspec.batch_sizes[0], "p50_ms": head["p50_ms"],
+                                    "mean_ms": head["mean_ms"], "by_batch": by_batch}}
+    result["latency_ratio"] = {bs: lat["int8"][bs]["p50_ms"] / lat["fp32"][bs]["p50_ms"] for bs in lat["fp32"]}
+    return result
+
+
+def build(job: Job, out_root: Path | None = None, progress: Progress | None = None) -> BuildResult:
+    progress = progress or Progress()
+    target = job.quantization.target
+    if target == "tensorrt":
+        trt_backend.check_available()
+    model = load_model(job.model, job.input_shapes)
+    name_nodes(model)
+    inputs = input_specs(model)
+    _check_batch_sizes(job, inputs)
+    plan = plan_quantization(model, job.quantization.exclude_ops, job.quantization.exclude_nodes)
+    if not plan.nodes:
+        raise ModelError(f"{job.model}: no weighted op (Conv, ConvTranspose, Gemm, MatMul with constant weights) "
+                         "to quantize; check quantization.exclude_ops/exclude_nodes")
+    cal_source = open_source(job.calibration, inputs, "calibration")
+    eval_source = open_source(job.evaluation, inputs, "evaluation") if job.evaluation else None
+    cpu = ort_backend.cpu_info()
+    weight_qmax = 127 if cpu["vnni"] else 64
+    root = Path(out_root) if out_root is not None else job.output
+    model_sha = _sha256(job.model)
+
+    with staged_output(root, job.name) as stage:
+        ranges, cal_info = _calibrate(job, model, plan, inputs, cal_source, progress)
+        _write_ranges(stage, ranges, cal_info, model_sha, job)
+        onnx.save(insert_qdq(model, plan, ranges, "tensorrt"), str(stage / QDQ_MODEL))
+        engine: dict = {}
+        if target == "onnxruntime":
+            if not cpu["vnni"]:
+                progress.note("CPU without VNNI: ONNX Runtime engine uses 7-bit weights to avoid int16 saturation")
+            kernels = ort_backend.build_engine(insert_qdq(model, plan, ranges, "onnxruntime", weight_qmax),
+                                               stage / ORT_ENGINE)
+            engine = {"path": ORT_ENGINE, "kind": "onnxruntime-cpu", "kernels": kernels,
+                      "weight_bits": 8 if weight_qmax == 127 else 7, "optimized_for": cpu}
+        report = {
+            "schema_version": 1,
+            "job": job.model_dump(mode="json"),
+            "versions": {"trtq": __version__, "onnxruntime": cpu["onnxruntime"], "onnx": onnx.__version__,
+                         "numpy": np.__version__, "python": platform.python_version()},
+            "machine": cpu,
+            "threads": job.evaluation.latency.threads if job.evaluation else None,
+            "model": {"path": str(job.model), "sha256": model_sha, "inputs": [
+                {"name": i.name, "shape": list(i.shape), "dtype": str(i.dtype)} for i in inputs],
+                "outputs": output_names(model)},
+            "calibration": cal_info,
+            "quantization": {"target": target, "quantized_nodes": len(plan.nodes),
+                             "kept_fp32": [list(k) for k in plan.kept_fp32],
+                             "activation_tensors": len(plan.activations)},
+            "engine": engine,
+            "artifacts": [QDQ_MODEL, CACHE, RANGES] + ([ORT_ENGINE] if engine else []) + ["report.json", "report.md"],
+        }
+        if eval_source is not None:
+            threads = job.evaluation.latency.threads
+            fp32 = ort_backend.Runner(ort_backend.session(model, threads=threads))
+            int8 = ort_backend.load_engine(stage / ORT_ENGINE, threads=threads)
+            report.update(_evaluate(job, fp32, int8, inputs, eval_source, progress))
+        write_json(report, stage / "report.json")
+        write_markdown(report, stage / "report.md")
+    return BuildResult(root / job.name, report)

@@ -1,0 +1,238 @@
+"""The build job: a YAML file validated into a :class:`Job`.
+
+Relative paths written in the job file are resolved against the job file's folder; relative
+paths given on the command line with ``--set`` are resolved against the current directory.
+Every problem becomes a one-line :class:`~trtq.errors.JobError` naming the file and key.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ..errors import JobError
+
+Interpolation = Literal["nearest", "bilinear", "bicubic", "lanczos", "box", "hamming"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Preprocess(_Strict):
+    """Image preprocessing: pixel values 0–255 → ``(pixel * scale - mean) / std``."""
+
+    resize: int | None = Field(None, gt=0, description="resize so the shorter side has this length")
+    interpolation: Interpolation = "bilinear"
+    crop: int | tuple[int, int] | None = Field(None, description="center crop: size or [height, width]")
+    scale: float = 1.0
+    mean: float | tuple[float, ...] = 0.0
+    std: float | tuple[float, ...] = 1.0
+    color: Literal["RGB", "BGR", "L"] = "RGB"
+    layout: Literal["NCHW", "NHWC"] = "NCHW"
+
+    @field_validator("std")
+    @classmethod
+    def _std_nonzero(cls, v):
+        if any(s == 0 for s in (v if isinstance(v, tuple) else (v,))):
+            raise ValueError("std must not be 0")
+        return v
+
+
+class DataSpec(_Strict):
+    """Where samples come from: exactly one of ``path`` or ``loader``."""
+
+    path: Path | None = None
+    loader: str | None = Field(None, description="'module:function' or 'file.py:function' yielding batches")
+    input: str | None = Field(None, description="model input fed by a single-array source (default: the only input)")
+    labels: Path | None = Field(None, description="labels CSV (file,class_index); default: <path>/labels.csv")
+    preprocess: Preprocess = Preprocess()
+    batch_size: int = Field(8, ge=1)
+    skip: int = Field(0, ge=0, description="samples to skip at the start")
+    max_samples: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if (self.path is None) == (self.loader is None):
+            raise ValueError("give exactly one of 'path' or 'loader'")
+        if self.loader is not None and ":" not in self.loader:
+            raise ValueError("loader must look like 'module:function' or 'file.py:function'")
+        return self
+
+
+class CalibratorSpec(_Strict):
+    method: Literal["minmax", "percentile"] = "percentile"
+    percentile: float = Field(99.99, gt=0, le=100)
+    cache_version: str = Field("8601", pattern=r"^[0-9]+$", description="TensorRT version number written in the cache header")
+    cache_algorithm: Literal[
+        "EntropyCalibration2", "EntropyCalibration", "MinMaxCalibration", "LegacyCalibration"
+    ] = "EntropyCalibration2"
+
+
+class QuantizationSpec(_Strict):
+    target: Literal["onnxruntime", "tensorrt"] = "onnxruntime"
+    exclude_ops: tuple[str, ...] = ()
+    exclude_nodes: tuple[str, ...] = ()
+
+
+class LatencySpec(_Strict):
+    batch_sizes: tuple[int, ...] = (1,)
+    warmup: int = Field(10, ge=0)
+    iterations: int = Field(50, ge=1)
+    threads: int | None = Field(None, ge=1, description="intra-op threads (default: onnxruntime's choice)")
+
+    @field_validator("batch_sizes")
+    @classmethod
+    def _positive(cls, v):
+        if not v or any(b < 1 for b in v):
+            raise ValueError("batch sizes must be a non-empty list of positive integers")
+        return v
+
+
+class EvaluationSpec(DataSpec):
+    latency: LatencySpec = LatencySpec()
+    top_k: int = Field(5, ge=1)
+
+
+class Job(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    model: Path
+    input_shapes: dict[str, tuple[int, ...]] | None = None
+    calibration: DataSpec
+    calibrator: CalibratorSpec = CalibratorSpec()
+    quantization: QuantizationSpec = QuantizationSpec()
+    evaluation: EvaluationSpec | None = None
+    output: Path = Path("engines")
+
+
+PATH_KEYS = {
+    ("model",), ("output",),
+    ("calibration", "path"), ("calibration", "labels"),
+    ("evaluation", "path"), ("evaluation", "labels"),
+}
+
+
+def _resolve(value: Any, base: Path) -> Any:
+    if isinstance(value, str) and value and not Path(value).is_absolute():
+        return str((base / value).resolve())
+    return value
+
+
+def _resolve_paths(data: dict, base: Path) -> None:
+    for key in PATH_KEYS:
+        node = data
+        for part in key[:-1]:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and key[-1] in node:
+            node[key[-1]] = _resolve(node[key[-1]], base)
+    for section in ("calibration", "evaluation"):
+        sec = data.get(section)
+        if isinstance(sec, dict) and isinstance(sec.get("loader"), str):
+            mod, _, fn = sec["loader"].rpartition(":")
+            if mod.endswith(".py"):
+                sec["loader"] = f"{_resolve(mod, base)}:{fn}"
+
+
+def parse_override(text: str) -> tuple[tuple[str, ...], Any]:
+    """``a.b.c=value`` → (('a','b','c'), value parsed as YAML)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*", key.strip()):
+        raise JobError(f"--set {text!r}: expected KEY.PATH=VALUE, e.g. --set calibration.batch_size=16")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return tuple(key.strip().split(".")), value
+
+
+def apply_override(data: dict, key: tuple[str, ...], value: Any, cwd: Path) -> None:
+    node = data
+    for i, part in enumerate(key[:-1]):
+        nxt = node.get(part)
+        if nxt is None:
+            nxt = node[part] = {}
+        if not isinstance(nxt, dict):
+            raise JobError(f"--set {'.'.join(key)}: {'.'.join(key[:i + 1])} is not a section")
+        node = nxt
+    if key in PATH_KEYS:
+        value = _resolve(value, cwd)
+    elif key[-1] == "loader" and isinstance(value, str) and value.rpartition(":")[0].endswith(".py"):
+        mod, _, fn = value.rpartition(":")
+        value = f"{_resolve(mod, cwd)}:{fn}"
+    node[key[-1]] = value
+
+
+def _fields_at(loc: tuple) -> list[str]:
+    """Names allowed at the level of ``loc`` (for 'did you mean' suggestions)."""
+    cls: Any = Job
+    for part in loc:
+        if not (isinstance(cls, type) and issubclass(cls, BaseModel)) or part not in cls.model_fields:
+            return []
+        ann = cls.model_fields[part].annotation
+        if get_origin(ann) is Union or type(ann).__name__ == "UnionType":
+            ann = next((a for a in get_args(ann) if isinstance(a, type) and issubclass(a, BaseModel)), ann)
+        cls = ann
+    return list(cls.model_fields) if isinstance(cls, type) and issubclass(cls, BaseModel) else []
+
+
+def _format_error(source: str, err: ValidationError) -> str:
+    e = err.errors()[0]
+    loc = tuple(str(p) for p in e["loc"] if not str(p).startswith("function-"))
+    # pydantic reports the member of a union it tried; drop type tags like 'int' or 'tuple[...]'
+    loc = tuple(p for p in loc if not re.fullmatch(r"[a-z]+(\[.*\])?", p) or p in _all_field_names())
+    dotted = ".".join(loc) or "(top level)"
+    if e["type"] == "extra_forbidden":
+        allowed = _fields_at(loc[:-1])
+        close = difflib.get_close_matches(loc[-1], allowed, n=1)
+        hint = f"did you mean '{close[0]}'?" if close else f"allowed keys: {', '.join(allowed)}"
+        return f"{source}: {dotted}: unknown key; {hint}"
+    if e["type"] == "missing":
+        return f"{source}: {dotted}: required key is missing; add it to the job"
+    got = e.get("input")
+    got_s = f" (got {got!r})" if not isinstance(got, dict) else ""
+    msg = e["msg"].removeprefix("Value error, ")
+    return f"{source}: {dotted}: {msg}{got_s}"
+
+
+def _all_field_names() -> set[str]:
+    names: set[str] = set()
+    for cls in (Job, DataSpec, EvaluationSpec, Preprocess, CalibratorSpec, QuantizationSpec, LatencySpec):
+        names.update(cls.model_fields)
+    return names
+
+
+def load_job(path: str | Path, overrides: list[str] = (), cwd: Path | None = None) -> Job:
+    path = Path(path)
+    cwd = Path.cwd() if cwd is None else cwd
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise JobError(f"{path}: job file not found; check the path") from None
+    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
+        raise JobError(f"{path}: cannot read the job file ({exc.__class__.__name__}); give a readable YAML file") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise JobError(f"{path}{where}: malformed YAML: {problem}; fix the syntax there") from None
+    if not isinstance(data, dict):
+        raise JobError(f"{path}: a job file must be a YAML mapping with keys name, model, calibration, …")
+    _resolve_paths(data, path.resolve().parent)
+    for text_override in overrides:
+        key, value = parse_override(text_override)
+        apply_override(data, key, value, cwd)
+    try:
+        job = Job.model_validate(data)
+    except ValidationError as err:
+        raise JobError(_format_error(str(path), err)) from None
+    if job.evaluation is not None and "preprocess" not in data.get("evaluation", {}):
+        # evaluation images are preprocessed like calibration images unless the job says otherwise
+        job = job.model_copy(update={"evaluation": job.evaluation.model_copy(update={"preprocess": job.calibration.preprocess})})
+    return job

@@ -1,0 +1,124 @@
+"""Loading and preparing the FP32 ONNX model: validation, opset upgrade, input description."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from google.protobuf.message import DecodeError
+from onnx import helper, shape_inference, version_converter
+
+from .errors import ModelError
+
+MIN_OPSET = 13  # per-channel QuantizeLinear/DequantizeLinear (axis) need opset 13
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    name: str
+    shape: tuple[int | None, ...]  # None for a dynamic dimension
+    dtype: np.dtype
+
+    @property
+    def fixed_batch(self) -> int | None:
+        return self.shape[0] if self.shape else None
+
+    def sample_shape(self) -> tuple[int | None, ...]:
+        return self.shape[1:]
+
+
+def load_model(path: Path, input_shapes: dict[str, tuple[int, ...]] | None = None) -> onnx.ModelProto:
+    """Load, check and prepare a model; errors name the file and what to do."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"{path}: model file not found; check 'model:' in the job (or --set model=PATH)")
+    try:
+        model = onnx.load(str(path))
+    except (DecodeError, ValueError, RuntimeError) as exc:
+        raise ModelError(f"{path}: not an ONNX model ({exc.__class__.__name__}); give a .onnx file") from None
+    if not model.graph.node:
+        raise ModelError(f"{path}: not an ONNX model (no graph nodes); give a .onnx file")
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise ModelError(f"{path}: ONNX checker rejected the model: {first}") from None
+    model = _upgrade_opset(model, path)
+    _constant_nodes_to_initializers(model)
+    if input_shapes:
+        _set_input_shapes(model, input_shapes, path)
+    try:
+        model = shape_inference.infer_shapes(model)
+    except Exception as exc:  # noqa: BLE001 - shape inference raises many types
+        raise ModelError(f"{path}: shape inference failed ({str(exc).splitlines()[0]}); check input_shapes") from None
+    return model
+
+
+def _upgrade_opset(model: onnx.ModelProto, path: Path) -> onnx.ModelProto:
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    if opset is None or opset >= MIN_OPSET:
+        return model
+    # IR 3 models list initializers as graph inputs; drop those so they stay constants
+    inits = {i.name for i in model.graph.initializer}
+    keep = [i for i in model.graph.input if i.name not in inits]
+    del model.graph.input[:]
+    model.graph.input.extend(keep)
+    try:
+        upgraded = version_converter.convert_version(model, MIN_OPSET)
+    except Exception as exc:  # noqa: BLE001
+        raise ModelError(f"{path}: cannot upgrade opset {opset} to {MIN_OPSET} for per-channel Q/DQ ({exc})") from None
+    upgraded.ir_version = max(upgraded.ir_version, 7)
+    return upgraded
+
+
+def _constant_nodes_to_initializers(model: onnx.ModelProto) -> None:
+    """Turn ``Constant`` nodes holding a tensor into initializers (Paddle exports keep weights there)."""
+    graph = model.graph
+    keep = []
+    for node in graph.node:
+        if node.op_type == "Constant" and len(node.attribute) == 1 and node.attribute[0].name == "value":
+            tensor = onnx.TensorProto()
+            tensor.CopyFrom(node.attribute[0].t)
+            tensor.name = node.output[0]
+            graph.initializer.append(tensor)
+        else:
+            keep.append(node)
+    if len(keep) != len(graph.node):
+        del graph.node[:]
+        graph.node.extend(keep)
+
+
+def _set_input_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], path: Path) -> None:
+    by_name = {i.name: i for i in graph_inputs(model)}
+    for name, shape in shapes.items():
+        if name not in by_name:
+            raise ModelError(f"{path}: input_shapes names '{name}', which is not a model input; inputs: {', '.join(by_name)}")
+        dims = by_name[name].type.tensor_type.shape.dim
+        if len(dims) != len(shape):
+            raise ModelError(f"{path}: input_shapes.{name} has {len(shape)} dims, the model input has {len(dims)}")
+        for axis, (d, v) in enumerate(zip(dims, shape)):
+            if d.HasField("dim_value"):
+                if d.dim_value != v:
+                    raise ModelError(f"{path}: input_shapes.{name}: dimension {axis} is fixed to {d.dim_value} in the model, {v} given")
+            elif axis > 0:  # the batch dimension stays dynamic: the batch size comes from the job
+                d.dim_value = v
+
+
+def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    inits = {i.name for i in model.graph.initializer}
+    return [i for i in model.graph.input if i.name not in inits]
+
+
+def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
+    specs = []
+    for vi in graph_inputs(model):
+        tt = vi.type.tensor_type
+        shape = tuple(d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim)
+        specs.append(InputSpec(vi.name, shape, np.dtype(helper.tensor_dtype_to_np_dtype(tt.elem_type))))
+    return specs
+
+
+def output_names(model: onnx.ModelProto) -> list[str]:
+    return [o.name for o in model.graph.output]

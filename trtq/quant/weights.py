@@ -1,0 +1,52 @@
+"""Per-channel symmetric weight quantization on the axis TensorRT documents for each op."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..scales import safe_amax_array
+
+WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+def weight_axis(op_type: str, attrs: dict, weight_ndim: int) -> int:
+    """Output-channel axis of a weight: Conv [K,C,R,S] → 0; ConvTranspose [C,K,R,S] → 1;
+    Gemm transB=1 [N,K] → 0, transB=0 [K,N] → 1; MatMul constant B [K,N] → last axis."""
+    if op_type == "Conv":
+        return 0
+    if op_type == "ConvTranspose":
+        return 1
+    if op_type == "Gemm":
+        return 0 if attrs.get("transB", 0) else 1
+    if op_type == "MatMul":
+        return weight_ndim - 1
+    raise ValueError(f"{op_type} has no weight axis rule")
+
+
+def per_channel_amax(w: np.ndarray, axis: int) -> np.ndarray:
+    """max |w| over every axis but ``axis``."""
+    w = np.asarray(w, dtype=np.float64)
+    reduce = tuple(i for i in range(w.ndim) if i != axis)
+    return np.abs(w).max(axis=reduce) if reduce else np.abs(w)
+
+
+def per_channel_scales(w: np.ndarray, axis: int, qmax: int = 127) -> np.ndarray:
+    """Symmetric scales ``max|w_c| / qmax`` as float32; an all-zero channel gets ``1 / qmax``."""
+    return (safe_amax_array(per_channel_amax(w, axis)) / qmax).astype(np.float32)
+
+
+def _bshape(scales: np.ndarray, ndim: int, axis: int) -> np.ndarray:
+    shape = [1] * ndim
+    shape[axis] = -1
+    return scales.reshape(shape)
+
+
+def quantize_weights(w: np.ndarray, scales: np.ndarray, axis: int, qmax: int = 127) -> np.ndarray:
+    """int8 values ``clip(round_half_even(w / scale), -qmax, qmax)``, as ONNX QuantizeLinear rounds."""
+    s = _bshape(scales.astype(np.float32), w.ndim, axis)
+    q = np.rint(np.asarray(w, dtype=np.float32) / s)
+    return np.clip(q, -qmax, qmax).astype(np.int8)
+
+
+def dequantize_weights(q: np.ndarray, scales: np.ndarray, axis: int) -> np.ndarray:
+    return q.astype(np.float32) * _bshape(scales.astype(np.float32), q.ndim, axis)

@@ -1,0 +1,114 @@
+"""report.json (for programs) and report.md (for people). Schema: docs/report-schema.md."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+SCHEMA_VERSION = 1
+
+
+def _clean(obj):
+    """JSON has no inf/NaN: write them as strings so the file stays standard JSON."""
+    if isinstance(obj, float):
+        if math.isnan(obj):
+            return "nan"
+        if math.isinf(obj):
+            return "inf" if obj > 0 else "-inf"
+        return obj
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def write_json(report: dict, path: Path) -> None:
+    path.write_text(json.dumps(_clean(report), indent=2, sort_keys=False) + "\n")
+
+
+def _pct(x) -> str:
+    return "—" if not isinstance(x, (int, float)) else f"{100 * x:.2f} %"
+
+
+def _ci(acc: dict, key: str) -> str:
+    ci = acc.get(f"{key}_ci95")
+    return "" if not ci else f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
+
+
+def _ms(x) -> str:
+    return "—" if not isinstance(x, (int, float)) else f"{x:.2f} ms"
+
+
+def headline_rows(report: dict, intervals: bool = True) -> list[tuple[str, str, str, str]]:
+    """(metric, FP32, INT8, change) rows shared by report.md and the terminal table."""
+    _c = _ci if intervals else (lambda acc, key: "")
+    f, i = report.get("fp32", {}), report.get("int8", {})
+    fa, ia = f.get("accuracy", {}), i.get("accuracy", {})
+    rows = []
+    for key in ("top1", "top5"):
+        if key in ia:
+            delta = 100 * (ia[key] - fa[key])
+            rows.append((f"{key.replace('top', 'top-')} ({ia.get('samples', '?')} samples)",
+                         _pct(fa[key]) + _c(fa, key), _pct(ia[key]) + _c(ia, key), f"{delta:+.2f} pts"))
+    if "top1_agreement" in ia:
+        rows.append(("top-1 agreement", "—", _pct(ia["top1_agreement"]) + _c(ia, "top1_agreement"), ""))
+    fid = ia.get("fidelity")
+    if fid:
+        rows.append(("output SQNR", "—", f"{fid['sqnr_db']:.1f} dB" if isinstance(fid["sqnr_db"], float) else str(fid["sqnr_db"]), ""))
+    fl, il = f.get("latency", {}), i.get("latency", {})
+    for bs, st in il.get("by_batch", {}).items():
+        fs = fl.get("by_batch", {}).get(bs)
+        if fs:
+            rows.append((f"latency p50 bs{bs}", _ms(fs["p50_ms"]), _ms(st["p50_ms"]),
+                         f"{st['p50_ms'] / fs['p50_ms']:.2f}× FP32"))
+    return rows
+
+
+def write_markdown(report: dict, path: Path) -> None:
+    job = report["job"]
+    cal = report["calibration"]
+    q = report["quantization"]
+    lines = [f"# trtq report: {job['name']}", ""]
+    lines += [f"Model `{report['model']['path']}` → target **{q['target']}**, calibrator "
+              f"**{cal['method']['method']}** on {cal['samples']} samples ({cal['seconds']:.1f} s).", ""]
+    rows = headline_rows(report)
+    if rows:
+        lines += ["| metric | FP32 | INT8 | change |", "|---|---|---|---|"]
+        lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
+        lines += ["", "Brackets: 95 % Wilson interval of the proportion."]
+    else:
+        lines += ["No evaluation section in the job: accuracy and latency were not measured."]
+    for side in ("fp32", "int8"):
+        lat = report.get(side, {}).get("latency", {}).get("by_batch", {})
+        if lat:
+            if side == "fp32":
+                lines += ["", "## Latency (interleaved FP32/INT8, ms)", "",
+                          "| model | batch | min | mean | p50 | p90 | p95 | p99 | max | CV | per s |",
+                          "|---|---|---|---|---|---|---|---|---|---|---|"]
+            for bs, s in lat.items():
+                warn = " ⚠" if s["unstable"] else ""
+                lines.append(f"| {side.upper()} | {bs} | {s['min_ms']:.2f} | {s['mean_ms']:.2f} | {s['p50_ms']:.2f} | "
+                             f"{s['p90_ms']:.2f} | {s['p95_ms']:.2f} | {s['p99_ms']:.2f} | {s['max_ms']:.2f} | "
+                             f"{100 * s['cv']:.1f} %{warn} | {s['throughput_per_s']:.1f} |")
+    if any(s.get("unstable") for side in ("fp32", "int8")
+           for s in report.get(side, {}).get("latency", {}).get("by_batch", {}).values()):
+        lines += ["", "⚠ coefficient of variation above 5 %: this machine was noisy; compare ratios, not absolute times."]
+    lines += ["", "## Quantization", "",
+              f"- {q['quantized_nodes']} weighted ops quantized (per-channel int8 weights), "
+              f"{len(q['kept_fp32'])} kept in FP32" + (": " + ", ".join(f"`{n}` ({r})" for n, r in q["kept_fp32"]) if q["kept_fp32"] else ""),
+              f"- {cal['tensors']} activation tensors calibrated; data fingerprint `{cal['data_fingerprint'][:16]}…`"]
+    eng = report.get("engine", {})
+    if eng.get("kernels"):
+        k = eng["kernels"]
+        lines.append(f"- engine `{eng['path']}`: {k['int8_weighted']} weighted ops run as INT8 kernels, "
+                     f"{k['fp32_weighted']} in FP32 (weights {eng.get('weight_bits', 8)}-bit)")
+    m = report["machine"]
+    lines += ["", "## Machine", "", f"- {m['cpu']} ({m['machine']}), VNNI: {'yes' if m['vnni'] else 'no'}, "
+              f"threads: {report.get('threads') or 'onnxruntime default'}",
+              f"- trtq {report['versions']['trtq']}, onnxruntime {report['versions']['onnxruntime']}, "
+              f"onnx {report['versions']['onnx']}, numpy {report['versions']['numpy']}", ""]
+    path.write_text("\n".join(lines))
