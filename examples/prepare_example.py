@@ -5,11 +5,12 @@
 * ``data/sample-photos/`` — the real colour photographs bundled with scikit-image
   (astronaut, cat, coffee, rocket, motorcycle, …), unlabelled.
 
-Both are skipped when already present. Usage: python examples/prepare_example.py
+Both are skipped when already present. Usage: python examples/prepare_example.py [--root DIR]
 """
 
 from __future__ import annotations
 
+import argparse
 import shutil
 import sys
 from pathlib import Path
@@ -24,11 +25,14 @@ PHOTOS = ["astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycl
           "camera.png", "coins.png", "moon.png", "brick.png", "grass.png", "gravel.png"]
 
 
-def main() -> int:
-    model = ROOT / "models" / "efficientnet_lite0.onnx"
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description="prepare the example job's model and photos")
+    ap.add_argument("--root", type=Path, default=ROOT, help="where models/ and data/ go (default: the repo)")
+    root = ap.parse_args(argv).root
+    model = root / "models" / "efficientnet_lite0.onnx"
     if not model.exists():
         export_efficientnet_lite0.main([str(model)])
-    photos = ROOT / "data" / "sample-photos"
+    photos = root / "data" / "sample-photos"
     if not photos.exists() or len(list(photos.iterdir())) < len(PHOTOS):
         try:
             import skimage

@@ -60,15 +60,15 @@ def _upgrade_opset(model: onnx.ModelProto, path: Path) -> onnx.ModelProto:
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
     if opset is None or opset >= MIN_OPSET:
         return model
-    # IR 3 models list initializers as graph inputs; drop those so they stay constants
-    inits = {i.name for i in model.graph.initializer}
-    keep = [i for i in model.graph.input if i.name not in inits]
-    del model.graph.input[:]
-    model.graph.input.extend(keep)
     try:
         upgraded = version_converter.convert_version(model, MIN_OPSET)
     except Exception as exc:  # noqa: BLE001
         raise ModelError(f"{path}: cannot upgrade opset {opset} to {MIN_OPSET} for per-channel Q/DQ ({exc})") from None
+    # IR 3 models list initializers as graph inputs too; drop those so they stay constants
+    inits = {i.name for i in upgraded.graph.initializer}
+    keep = [i for i in upgraded.graph.input if i.name not in inits]
+    del upgraded.graph.input[:]
+    upgraded.graph.input.extend(keep)
     upgraded.ir_version = max(upgraded.ir_version, 7)
     return upgraded
 

@@ -3,6 +3,7 @@ supplies a rich progress bar, tests and library users get the silent default."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -19,17 +20,29 @@ class Progress:
 
 
 class RichProgress(Progress):
+    """A transient bar per stage; on success one summary line stays, on failure nothing does
+    (so an error is the only line a failed build prints)."""
+
     def __init__(self, console):
         self.console = console
 
     @contextmanager
     def task(self, description: str, total: int | None):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress as _P, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from rich.progress import Progress as RichBar
 
-        with _P(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                TimeRemainingColumn(), console=self.console, transient=False) as bar:
+        t0 = time.perf_counter()
+        done = [0]
+        with RichBar(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                     TimeRemainingColumn(), console=self.console, transient=True) as bar:
             tid = bar.add_task(description, total=total)
-            yield lambda n=1: bar.advance(tid, n)
+
+            def advance(n: int = 1) -> None:
+                done[0] += n
+                bar.advance(tid, n)
+
+            yield advance
+        self.console.print(f"[green]✓[/green] {description}: {done[0]} in {time.perf_counter() - t0:.1f} s")
 
     def note(self, message: str) -> None:
         self.console.print(f"[dim]{message}[/dim]")

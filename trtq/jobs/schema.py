@@ -184,7 +184,7 @@ def _format_error(source: str, err: ValidationError) -> str:
     e = err.errors()[0]
     loc = tuple(str(p) for p in e["loc"] if not str(p).startswith("function-"))
     # pydantic reports the member of a union it tried; drop type tags like 'int' or 'tuple[...]'
-    loc = tuple(p for p in loc if not re.fullmatch(r"[a-z]+(\[.*\])?", p) or p in _all_field_names())
+    loc = tuple(p for p in loc if not _is_type_tag(p))
     dotted = ".".join(loc) or "(top level)"
     if e["type"] == "extra_forbidden":
         allowed = _fields_at(loc[:-1])
@@ -199,11 +199,12 @@ def _format_error(source: str, err: ValidationError) -> str:
     return f"{source}: {dotted}: {msg}{got_s}"
 
 
-def _all_field_names() -> set[str]:
-    names: set[str] = set()
-    for cls in (Job, DataSpec, EvaluationSpec, Preprocess, CalibratorSpec, QuantizationSpec, LatencySpec):
-        names.update(cls.model_fields)
-    return names
+_TYPE_TAGS = {"int", "float", "str", "bool", "list", "tuple", "dict", "none", "literal", "path"}
+
+
+def _is_type_tag(part: str) -> bool:
+    """pydantic names the union member it tried in ``loc`` (``int``, ``tuple[int, int]``…)."""
+    return "[" in part or part.lower() in _TYPE_TAGS
 
 
 def load_job(path: str | Path, overrides: list[str] = (), cwd: Path | None = None) -> Job:
