@@ -33,6 +33,13 @@ class RichProgress(Progress):
 
         t0 = time.perf_counter()
         done = [0]
+        if not self.console.is_terminal:  # logs and pipes: no live bar, just the summary line
+            def count(n: int = 1) -> None:
+                done[0] += n
+
+            yield count
+            self.console.print(f"✓ {description}: {done[0]} in {time.perf_counter() - t0:.1f} s")
+            return
         with RichBar(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                      TimeRemainingColumn(), console=self.console, transient=True) as bar:
             tid = bar.add_task(description, total=total)
