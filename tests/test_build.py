@@ -58,7 +58,7 @@ def test_reruns_and_other_batch_sizes_give_byte_identical_artifacts(tiny, run_cl
         for bs in (1, 4, 24, 4):
             job["calibration"] = {"path": "data.npz", "batch_size": bs}
             job["calibrator"] = {"method": method}
-            assert run_cli("build", write_job(tiny["dir"] / "job.yaml", job), "-q")[0] == 0
+            assert run_cli("build", write_job(tiny["dir"] / "job.yaml", job), "-q", "--force")[0] == 0
             digests.append(_digests(tiny["dir"] / "out" / "tiny"))
         assert all(d == digests[0] for d in digests), method
 

@@ -16,7 +16,8 @@ def _assert_clean_error(code, err, *needles, out_dir: Path | None = None):
     for n in needles:
         assert n in lines[0], lines[0]
     if out_dir is not None and out_dir.exists():
-        assert list(out_dir.iterdir()) == [], "partial artifacts were left behind"
+        # only the (complete, atomically written) statistics store may exist
+        assert [p.name for p in out_dir.iterdir() if p.name != ".trtq-stats"] == [], "partial artifacts were left behind"
 
 
 def _job(tiny, **changes):
@@ -153,7 +154,7 @@ def test_interrupted_build_leaves_nothing_and_keeps_the_previous_build(tiny, run
     monkeypatch.setattr(build_mod, "insert_qdq", interrupt)
     code, _, err = run_cli("build", tiny["job_path"], "-q")
     _assert_clean_error(code, err, "interrupted")
-    assert [p.name for p in out.iterdir()] == ["tiny"], "a staging folder was left behind"
+    assert sorted(p.name for p in out.iterdir()) == [".trtq-stats", "tiny"], "a staging folder was left behind"
     assert {p.name: p.read_bytes() for p in (out / "tiny").iterdir()} == before
 
 

@@ -27,7 +27,7 @@ def _cmd_build(args) -> int:
     job = load_job(args.job, args.set or [])
     err = _console(stderr=True)
     progress = Progress() if args.quiet else RichProgress(err)
-    result = build(job, Path(args.out).resolve() if args.out else None, progress)
+    result = build(job, Path(args.out).resolve() if args.out else None, progress, reuse=not args.force)
     _print_summary(result, headline_rows(result.report, intervals=False))
     return 0
 
@@ -88,6 +88,7 @@ def make_parser() -> argparse.ArgumentParser:
                    help="override a job key, e.g. --set calibration.path=../data (repeatable)")
     b.add_argument("--out", help="output root (default: the job's 'output', else ./engines)")
     b.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    b.add_argument("--force", action="store_true", help="collect calibration statistics again even if stored ones match")
     b.set_defaults(func=_cmd_build)
     i = sub.add_parser("inspect", help="list a model's inputs and the ops trtq would quantize")
     i.add_argument("model")

@@ -26,6 +26,39 @@ def expose_tensors(model: onnx.ModelProto, tensors: list[str]) -> onnx.ModelProt
     return out
 
 
+def tensor_elements(model: onnx.ModelProto, tensors: list[str]) -> dict[str, int | None]:
+    """Elements per sample of each tensor from inferred shapes (None where a dim is unknown)."""
+    infos = {vi.name: vi for vi in list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output)}
+    out: dict[str, int | None] = {}
+    for t in tensors:
+        vi = infos.get(t)
+        dims = vi.type.tensor_type.shape.dim if vi is not None else None
+        if not dims or any(not d.HasField("dim_value") for d in dims[1:]):
+            out[t] = None
+        else:
+            out[t] = int(np.prod([d.dim_value for d in dims[1:]], dtype=np.int64))
+    return out
+
+
+def group_tensors(model: onnx.ModelProto, tensors: list[str], batch_size: int, budget_bytes: int) -> list[list[str]]:
+    """Split ``tensors`` (in graph order) into groups whose activations for one batch fit the
+    budget; each group costs one pass over the data. Tensors of unknown size count as the
+    largest known one. A single tensor over budget gets a group of its own."""
+    sizes = tensor_elements(model, tensors)
+    known = [v for v in sizes.values() if v is not None]
+    fallback = max(known) if known else 1 << 20
+    groups: list[list[str]] = [[]]
+    used = 0
+    for t in tensors:
+        need = 4 * batch_size * (sizes[t] if sizes[t] is not None else fallback)
+        if groups[-1] and used + need > budget_bytes:
+            groups.append([])
+            used = 0
+        groups[-1].append(t)
+        used += need
+    return groups
+
+
 def collect(run: Runner, tensors: list[str], batches: Iterable, on_batch: Callable[[int], None] | None = None,
             stats: dict[str, TensorStats] | None = None) -> dict[str, TensorStats]:
     """Fold every batch's values of ``tensors`` into per-tensor statistics.

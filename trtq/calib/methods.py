@@ -1,14 +1,40 @@
 """Calibration methods: statistics of one tensor → its amax (the symmetric range ±amax).
 
-Each method is a small class with one job, ``compute_amax(stats)``; they never see raw
-activations, so all methods can be derived from one collection pass.
+Each method is a small class with one job, ``compute_amax(stats)``; methods never see raw
+activations, so every method can be derived from one collection pass (and re-derived later
+from stored statistics). A user calibrator is any class with the same method.
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
+import sys
+from pathlib import Path
+
 import numpy as np
 
+from ..errors import JobError
 from .stats import TensorStats
+
+TRT_BINS = 2048  # EntropyCalibration2's histogram size over [0, max]
+
+
+def rebin(stats: TensorStats, nbins: int = TRT_BINS) -> tuple[np.ndarray, float]:
+    """The |x| histogram as ``nbins`` equal bins over [0, absmax] (TensorRT's view).
+
+    Counts of the fine power-of-two bins are split in proportion to overlap (values taken as
+    uniform within a fine bin), so each coarse bin is exact to within one fine bin — a quarter
+    to an eighth of a coarse bin. Returns (float64 counts, coarse bin width)."""
+    amax = stats.absmax
+    if amax == 0 or stats.hist.sum() == 0:
+        return np.zeros(nbins), 0.0
+    cum = np.concatenate([[0.0], np.cumsum(stats.hist, dtype=np.float64)])
+    fine_edges = np.arange(len(cum), dtype=np.float64) * stats.bin_width
+    width = amax / nbins
+    coarse = np.interp(np.arange(nbins + 1, dtype=np.float64) * width, fine_edges, cum)
+    coarse[-1] = cum[-1]  # every count lies at or below absmax
+    return np.diff(coarse), width
 
 
 class MinMax:
@@ -48,13 +74,147 @@ class Percentile:
         return {"method": self.name, "percentile": self.percentile}
 
 
-def make_method(spec) -> MinMax | Percentile:
+class Entropy:
+    """TensorRT's EntropyCalibration2 (KL divergence), as NVIDIA describes it:
+
+    2048 bins of |x| over [0, max]; for each candidate ``i`` from 128 to 2048, the reference
+    ``P`` is ``hist[:i]`` with the outlier mass ``sum(hist[i:])`` added to its last bin; ``Q``
+    merges ``hist[:i]`` into 128 levels and spreads each level evenly over the bins of that
+    level that were non-zero; the ``i`` with the smallest KL(P‖Q) (the last one on ties) gives
+    amax = ``i`` bin widths. ``hist[0]`` is set to ``hist[1]`` first to damp the zero bin.
+    """
+
+    name = "entropy"
+
+    def __init__(self, start_bin: int = 128, levels: int = 128):
+        self.start_bin, self.levels = start_bin, levels
+
+    def compute_amax(self, stats: TensorStats) -> float:
+        hist, width = rebin(stats)
+        if width == 0:
+            return 0.0
+        return kl_threshold(hist, self.start_bin, self.levels) * width
+
+    def describe(self) -> dict:
+        return {"method": self.name, "bins": TRT_BINS, "start_bin": self.start_bin, "levels": self.levels}
+
+
+def kl_threshold(hist: np.ndarray, start_bin: int = 128, levels: int = 128) -> int:
+    """The bin count ``i`` (amax = i × bin width) EntropyCalibration2 picks for ``hist``.
+
+    All candidates at once. With T = Σp (the same for every i) and, per level k, L_k the
+    count and N_k the number of non-zero bins, Q is L_k/N_k on those bins, so
+        Σ p·log q = Σ_k L_k·log(L_k/N_k) + tail_i·log q_{i-1}
+        KL(P‖Q)   = (Σ p·log p − Σ p·log q) / T − log T + log Σq,   Σq = T − tail_i,
+    and every term is a difference of prefix sums: O(levels) per candidate, not O(i)."""
+    h = np.asarray(hist, dtype=np.float64).copy()
+    n = len(h)
+    if n > 1:
+        h[0] = h[1]
+    total = h.sum()
+    if n < start_bin or total == 0:
+        return n
+    csum = np.concatenate([[0.0], np.cumsum(h)])
+    cnz = np.concatenate([[0], np.cumsum(h != 0)])
+    hlogh = np.where(h > 0, h * np.log(np.where(h > 0, h, 1.0)), 0.0)
+    chl = np.concatenate([[0.0], np.cumsum(hlogh)])
+    cand = np.arange(start_bin, n + 1)
+    tail = total - csum[cand]
+    k = np.arange(levels + 1)
+    edges = (k[None, :] * cand[:, None] + levels - 1) // levels  # first bin of each level; last = i
+    L = csum[edges[:, 1:]] - csum[edges[:, :-1]]
+    N = cnz[edges[:, 1:]] - cnz[edges[:, :-1]]
+    ok = (L > 0) & (N > 0)
+    plogq = np.where(ok, L * np.log(np.where(ok, L / np.where(N > 0, N, 1), 1.0)), 0.0).sum(axis=1)
+    last = h[cand - 1]
+    q_last = np.where(N[:, -1] > 0, L[:, -1] / np.maximum(N[:, -1], 1), 0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        plogq = plogq + np.where(tail > 0, tail * np.log(q_last), 0.0)
+        p_last = last + tail
+        plogp = chl[cand - 1] + np.where(p_last > 0, p_last * np.log(np.where(p_last > 0, p_last, 1.0)), 0.0)
+        q_total = total - tail
+        kl = (plogp - plogq) / total - np.log(total) + np.log(q_total)
+    kl = np.where((tail > 0) & (last == 0), np.inf, kl)  # outliers land on an empty bin: Q is 0 there
+    kl = np.where(q_total > 0, kl, np.inf)
+    best = len(kl) - 1 - int(np.argmin(kl[::-1]))  # the last minimum, as in NVIDIA's reference
+    return int(cand[best])
+
+
+class MSE:
+    """The amax minimising the mean-squared error of int8 quantize→dequantize of |x|,
+    searched over the upper edges of the 2048-bin histogram from bin 128 up."""
+
+    name = "mse"
+
+    def __init__(self, start_bin: int = 128, qmax: int = 127):
+        self.start_bin, self.qmax = start_bin, qmax
+
+    def compute_amax(self, stats: TensorStats) -> float:
+        hist, width = rebin(stats)
+        if width == 0:
+            return 0.0
+        centers = (np.arange(len(hist)) + 0.5) * width
+        nz = hist > 0
+        c, n = centers[nz], hist[nz]
+        candidates = np.arange(self.start_bin, len(hist) + 1) * width
+        best, best_err = candidates[-1], np.inf
+        for chunk in np.array_split(candidates, max(1, len(candidates) // 128)):
+            s = (chunk / self.qmax)[:, None]
+            q = np.clip(np.rint(c[None, :] / s), 0, self.qmax) * s
+            err = ((q - c[None, :]) ** 2 * n[None, :]).sum(axis=1)
+            k = int(np.argmin(err))
+            if err[k] < best_err:
+                best, best_err = chunk[k], err[k]
+        return float(best)
+
+    def describe(self) -> dict:
+        return {"method": self.name, "start_bin": self.start_bin}
+
+
+BUILTIN = {"minmax": MinMax, "percentile": Percentile, "entropy": Entropy, "mse": MSE}
+
+
+def load_class(ref: str, base: Path | None = None):
+    """Import ``path/to/file.py:Class`` (relative to ``base``) or ``package.module:Class``."""
+    mod_name, _, cls_name = ref.rpartition(":")
+    try:
+        if mod_name.endswith(".py"):
+            path = Path(mod_name)
+            if not path.is_absolute() and base is not None:
+                path = base / path
+            spec = importlib.util.spec_from_file_location(f"trtq_user_{path.stem}", path)
+            if spec is None or not path.is_file():
+                raise ImportError(f"no file {path}")
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[spec.name] = module
+            spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(mod_name)
+        return getattr(module, cls_name)
+    except (ImportError, AttributeError, SyntaxError) as exc:
+        raise JobError(f"calibrator.class: cannot import '{ref}' ({exc}); give 'file.py:Class' or 'package.module:Class'") from None
+
+
+def make_method(spec):
     """Build a method from the job's ``calibrator`` section."""
-    if spec.method == "minmax":
-        return MinMax()
+    if getattr(spec, "class_", None):
+        cls = load_class(spec.class_)
+        try:
+            method = cls(**(spec.options or {}))
+        except TypeError as exc:
+            raise JobError(f"calibrator.options: {spec.class_} rejected the options ({exc})") from None
+        if not callable(getattr(method, "compute_amax", None)):
+            raise JobError(f"calibrator.class: {spec.class_} has no compute_amax(stats) method")
+        return method
     if spec.method == "percentile":
         return Percentile(spec.percentile)
-    raise ValueError(f"unknown calibration method {spec.method!r}")
+    return BUILTIN[spec.method]()
+
+
+def describe(method) -> dict:
+    if hasattr(method, "describe"):
+        return method.describe()
+    return {"method": f"{type(method).__module__}:{type(method).__qualname__}"}
 
 
 def compute_ranges(stats: dict[str, TensorStats], method) -> dict[str, dict[str, float]]:
@@ -63,6 +223,8 @@ def compute_ranges(stats: dict[str, TensorStats], method) -> dict[str, dict[str,
     for name in sorted(stats):
         st = stats[name]
         amax = float(method.compute_amax(st))
+        if not np.isfinite(amax) or amax < 0:
+            raise JobError(f"calibrator returned amax {amax} for tensor '{name}'; amax must be a finite number >= 0")
         out[name] = {
             "amax": amax,
             "min": float(max(st.min, -amax)) if st.count else 0.0,

@@ -19,8 +19,10 @@ from .. import __version__
 from ..backends import onnxruntime as ort_backend
 from ..backends import tensorrt as trt_backend
 from ..calib import cache as trt_cache
-from ..calib.collect import collect, expose_tensors
-from ..calib.methods import compute_ranges, make_method
+from ..calib import store as stats_store
+from ..calib.collect import collect, expose_tensors, group_tensors
+from ..calib.methods import compute_ranges, describe, make_method
+from ..calib.stats import TensorStats
 from ..data.sources import Source, batches, open_source, planned_count
 from ..errors import JobError, ModelError
 from ..evaluate.latency import interleaved, summarize
@@ -68,27 +70,57 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _calibrate(job: Job, model: onnx.ModelProto, plan: QuantPlan, inputs: list[InputSpec], source: Source,
-               progress: Progress) -> tuple[dict, dict]:
+def _collect_stats(job: Job, model: onnx.ModelProto, plan: QuantPlan, inputs: list[InputSpec],
+                   progress: Progress) -> tuple[dict, dict]:
+    """Run the FP32 model over the calibration data; one pass per tensor group."""
     spec = job.calibration
-    runner = ort_backend.Runner(ort_backend.session(expose_tensors(model, plan.activations), optimize=True))
+    groups = group_tensors(model, plan.activations, spec.batch_size, spec.memory_budget_mb << 20)
     digest = hashlib.sha256()
-    seen = [0]
-
-    def count(n: int) -> None:
-        seen[0] += n
-        advance(n)
-
+    stats: dict = {}
+    samples = 0
     t0 = time.perf_counter()
-    with progress.task("calibrating", planned_count(source, spec.skip, spec.max_samples)) as advance:
-        stats = collect(runner, plan.activations,
-                        batches(source, inputs, spec.batch_size, "calibration", spec.skip, spec.max_samples, digest),
-                        on_batch=count)
-    seconds = time.perf_counter() - t0
+    for gi, group in enumerate(groups):
+        source = open_source(spec, inputs, "calibration")  # a fresh pass over the data
+        runner = ort_backend.Runner(ort_backend.session(expose_tensors(model, group), optimize=True))
+        label = "calibrating" if len(groups) == 1 else f"calibrating (pass {gi + 1}/{len(groups)})"
+        seen = [0]
+        with progress.task(label, planned_count(source, spec.skip, spec.max_samples)) as advance:
+            def count(n: int) -> None:
+                seen[0] += n
+                advance(n)
+
+            collect(runner, group, batches(source, inputs, spec.batch_size, "calibration", spec.skip,
+                                           spec.max_samples, digest if gi == 0 else None),
+                    on_batch=count, stats=stats.setdefault(gi, {t: TensorStats() for t in group}))
+        samples = samples or seen[0]
+        del runner
+    merged = {t: st for part in stats.values() for t, st in part.items()}
+    info = {"samples": samples, "collect_seconds": time.perf_counter() - t0, "passes": len(groups),
+            "data_fingerprint": digest.hexdigest()}
+    return merged, info
+
+
+def _calibrate(job: Job, model: onnx.ModelProto, plan: QuantPlan, inputs: list[InputSpec], source: Source,
+               progress: Progress, root: Path, model_sha: str, reuse: bool) -> tuple[dict, dict]:
+    spec = job.calibration
+    t0 = time.perf_counter()
+    key = stats_store.stats_key(model_sha, plan.activations, spec.model_dump(mode="json"), source.files)
+    stored = stats_store.load(root, key) if (reuse and key) else None
+    if stored is not None:
+        stats, collected = stored
+        progress.note(f"reusing calibration statistics of {collected['samples']} samples "
+                      f"({root / stats_store.FOLDER / key}.npz); --force collects them again")
+    else:
+        stats, collected = _collect_stats(job, model, plan, inputs, progress)
+        if key:
+            stats_store.save(root, key, stats, collected)
+    t1 = time.perf_counter()
     method = make_method(job.calibrator)
     ranges = compute_ranges(stats, method)
-    info = {"method": method.describe(), "samples": seen[0], "seconds": seconds, "tensors": len(ranges),
-            "data_fingerprint": digest.hexdigest(), "source": source.description,
+    info = {"method": describe(method), "samples": collected["samples"], "seconds": time.perf_counter() - t0,
+            "ranges_seconds": time.perf_counter() - t1, "collect_seconds": collected["collect_seconds"],
+            "passes": collected["passes"], "reused_statistics": stored is not None, "tensors": len(ranges),
+            "data_fingerprint": collected["data_fingerprint"], "source": source.description,
             "batch_size": spec.batch_size, "skip": spec.skip}
     return ranges, info
 
@@ -149,7 +181,7 @@ def _evaluate(job: Job, fp32, int8, inputs: list[InputSpec], source: Source, pro
     return result
 
 
-def build(job: Job, out_root: Path | None = None, progress: Progress | None = None) -> BuildResult:
+def build(job: Job, out_root: Path | None = None, progress: Progress | None = None, reuse: bool = True) -> BuildResult:
     progress = progress or Progress()
     target = job.quantization.target
     if target == "tensorrt":
@@ -170,20 +202,21 @@ def build(job: Job, out_root: Path | None = None, progress: Progress | None = No
     model_sha = _sha256(job.model)
 
     with staged_output(root, job.name) as stage:
-        ranges, cal_info = _calibrate(job, model, plan, inputs, cal_source, progress)
+        ranges, cal_info = _calibrate(job, model, plan, inputs, cal_source, progress, root, model_sha, reuse)
         _write_ranges(stage, ranges, cal_info, model_sha, job)
-        onnx.save(insert_qdq(model, plan, ranges, "tensorrt"), str(stage / QDQ_MODEL))
+        wmethod = job.quantization.weight_method
+        onnx.save(insert_qdq(model, plan, ranges, "tensorrt", weight_method=wmethod), str(stage / QDQ_MODEL))
         engine: dict = {}
         if target == "onnxruntime":
             if not cpu["vnni"]:
                 progress.note("CPU without VNNI: ONNX Runtime engine uses 7-bit weights to avoid int16 saturation")
-            kernels = ort_backend.build_engine(insert_qdq(model, plan, ranges, "onnxruntime", weight_qmax),
+            kernels = ort_backend.build_engine(insert_qdq(model, plan, ranges, "onnxruntime", weight_qmax, wmethod),
                                                stage / ORT_ENGINE)
             engine = {"path": ORT_ENGINE, "kind": "onnxruntime-cpu", "kernels": kernels,
                       "weight_bits": 8 if weight_qmax == 127 else 7, "optimized_for": cpu}
         report = {
             "schema_version": 1,
-            "job": job.model_dump(mode="json"),
+            "job": job.model_dump(mode="json", by_alias=True),
             "versions": {"trtq": __version__, "onnxruntime": cpu["onnxruntime"], "onnx": onnx.__version__,
                          "numpy": np.__version__, "python": platform.python_version()},
             "machine": cpu,
@@ -192,7 +225,7 @@ def build(job: Job, out_root: Path | None = None, progress: Progress | None = No
                 {"name": i.name, "shape": list(i.shape), "dtype": str(i.dtype)} for i in inputs],
                 "outputs": output_names(model)},
             "calibration": cal_info,
-            "quantization": {"target": target, "quantized_nodes": len(plan.nodes),
+            "quantization": {"target": target, "quantized_nodes": len(plan.nodes), "weight_method": wmethod,
                              "kept_fp32": [list(k) for k in plan.kept_fp32],
                              "activation_tensors": len(plan.activations)},
             "engine": engine,

@@ -55,6 +55,8 @@ class DataSpec(_Strict):
     batch_size: int = Field(8, ge=1)
     skip: int = Field(0, ge=0, description="samples to skip at the start")
     max_samples: int | None = Field(None, ge=1)
+    memory_budget_mb: int = Field(1024, ge=16, description="most memory one batch of exposed activations may take; "
+                                  "past it, calibration runs in several passes over the data")
 
     @model_validator(mode="after")
     def _one_source(self):
@@ -66,16 +68,29 @@ class DataSpec(_Strict):
 
 
 class CalibratorSpec(_Strict):
-    method: Literal["minmax", "percentile"] = "percentile"
+    method: Literal["entropy", "minmax", "percentile", "mse"] = "percentile"
     percentile: float = Field(99.99, gt=0, le=100)
+    class_: str | None = Field(None, alias="class", description="user calibrator 'file.py:Class' or 'package.module:Class'")
+    options: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for the user calibrator class")
     cache_version: str = Field("8601", pattern=r"^[0-9]+$", description="TensorRT version number written in the cache header")
     cache_algorithm: Literal[
         "EntropyCalibration2", "EntropyCalibration", "MinMaxCalibration", "LegacyCalibration"
     ] = "EntropyCalibration2"
 
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _class_or_method(self):
+        if self.class_ is not None and "method" in self.model_fields_set:
+            raise ValueError("give either 'method' or 'class', not both")
+        if self.class_ is not None and ":" not in self.class_:
+            raise ValueError("class must look like 'file.py:Class' or 'package.module:Class'")
+        return self
+
 
 class QuantizationSpec(_Strict):
     target: Literal["onnxruntime", "tensorrt"] = "onnxruntime"
+    weight_method: Literal["max", "mse"] = Field("max", description="per-channel weight amax: max |w|, or the MSE-optimal clip")
     exclude_ops: tuple[str, ...] = ()
     exclude_nodes: tuple[str, ...] = ()
 
@@ -130,6 +145,11 @@ def _resolve_paths(data: dict, base: Path) -> None:
             node = node.get(part) if isinstance(node, dict) else None
         if isinstance(node, dict) and key[-1] in node:
             node[key[-1]] = _resolve(node[key[-1]], base)
+    cal = data.get("calibrator")
+    if isinstance(cal, dict) and isinstance(cal.get("class"), str):
+        mod, _, cls = cal["class"].rpartition(":")
+        if mod.endswith(".py"):
+            cal["class"] = f"{_resolve(mod, base)}:{cls}"
     for section in ("calibration", "evaluation"):
         sec = data.get(section)
         if isinstance(sec, dict) and isinstance(sec.get("loader"), str):
@@ -161,7 +181,7 @@ def apply_override(data: dict, key: tuple[str, ...], value: Any, cwd: Path) -> N
         node = nxt
     if key in PATH_KEYS:
         value = _resolve(value, cwd)
-    elif key[-1] == "loader" and isinstance(value, str) and value.rpartition(":")[0].endswith(".py"):
+    elif key[-1] in ("loader", "class") and isinstance(value, str) and value.rpartition(":")[0].endswith(".py"):
         mod, _, fn = value.rpartition(":")
         value = f"{_resolve(mod, cwd)}:{fn}"
     node[key[-1]] = value

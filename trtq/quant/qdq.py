@@ -111,7 +111,7 @@ def activation_qparams(rng: dict[str, float], flavor: Flavor) -> tuple[float, in
 
 
 def insert_qdq(model: onnx.ModelProto, plan: QuantPlan, ranges: dict[str, dict[str, float]],
-               flavor: Flavor, weight_qmax: int = 127) -> onnx.ModelProto:
+               flavor: Flavor, weight_qmax: int = 127, weight_method: str = "max") -> onnx.ModelProto:
     """Return a copy of ``model`` with Q/DQ pairs per ``plan`` and calibrated ``ranges``."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
@@ -154,7 +154,7 @@ def insert_qdq(model: onnx.ModelProto, plan: QuantPlan, ranges: dict[str, dict[s
                 act_dq[q.activation] = (dqo, float(np.float32(scale)))
             if q.weight not in weight_dq:
                 w = numpy_helper.to_array(inits[q.weight])
-                scales = per_channel_scales(w, q.axis, weight_qmax)
+                scales = per_channel_scales(w, q.axis, weight_qmax, weight_method)
                 qw = const(f"{q.weight}_quantized", quantize_weights(w, scales, q.axis, weight_qmax))
                 ws = const(f"{q.weight}_scale", scales)
                 wz = const(f"{q.weight}_zero_point", np.zeros(scales.shape, np.int8))

@@ -30,9 +30,26 @@ def per_channel_amax(w: np.ndarray, axis: int) -> np.ndarray:
     return np.abs(w).max(axis=reduce) if reduce else np.abs(w)
 
 
-def per_channel_scales(w: np.ndarray, axis: int, qmax: int = 127) -> np.ndarray:
-    """Symmetric scales ``max|w_c| / qmax`` as float32; an all-zero channel gets ``1 / qmax``."""
-    return (safe_amax_array(per_channel_amax(w, axis)) / qmax).astype(np.float32)
+def per_channel_amax_mse(w: np.ndarray, axis: int, qmax: int = 127, steps: int = 51) -> np.ndarray:
+    """Per channel, the clip ``f · max|w_c|`` (f from 0.5 to 1 in ``steps``) that minimises the
+    squared error of quantize→dequantize over the channel's weights."""
+    wc = np.moveaxis(np.asarray(w, dtype=np.float32), axis, 0).reshape(w.shape[axis], -1)
+    amax = safe_amax_array(np.abs(wc).max(axis=1)).astype(np.float32)
+    best, best_err = amax.copy(), np.full(len(amax), np.inf)
+    for f in np.linspace(0.5, 1.0, steps, dtype=np.float32):
+        s = (f * amax / qmax)[:, None]
+        err = ((np.clip(np.rint(wc / s), -qmax, qmax) * s - wc) ** 2).sum(axis=1)
+        better = err < best_err  # strict: on ties the larger clip (found later) does not replace
+        best = np.where(better | ((err == best_err) & (f == 1.0)), f * amax, best)
+        best_err = np.minimum(err, best_err)
+    return best.astype(np.float64)
+
+
+def per_channel_scales(w: np.ndarray, axis: int, qmax: int = 127, method: str = "max") -> np.ndarray:
+    """Symmetric scales ``amax_c / qmax`` as float32, with ``amax_c`` = max|w_c| (``max``) or the
+    MSE-optimal clip (``mse``); an all-zero channel gets ``1 / qmax``."""
+    amax = per_channel_amax(w, axis) if method == "max" else per_channel_amax_mse(w, axis, qmax)
+    return (safe_amax_array(amax) / qmax).astype(np.float32)
 
 
 def _bshape(scales: np.ndarray, ndim: int, axis: int) -> np.ndarray:
