@@ -44,3 +44,30 @@ def test_names_with_colons_and_spaces_survive():
 def test_malformed_caches_are_clear_errors(text):
     with pytest.raises(CacheError):
         cache.loads(text, "x.cache")
+
+
+DATA = __import__("pathlib").Path(__file__).parent / "data"
+
+
+def test_real_tensorrt_7_cache_decodes_to_hand_computed_values():
+    text = (DATA / "trt7202_mnist_lenet.cache").read_text()
+    c = cache.loads(text)
+    assert (c.version, c.algorithm, len(c.scales)) == ("7202", "EntropyCalibration2", 9)
+    # 0x3c008912: exponent 120 → 2^-7, mantissa 1 + 0x008912/2^23 → 0.0078125 × 1.0041830
+    assert c.scales["data"] == pytest.approx(0.0078125 * (1 + 0x008912 / 2**23), rel=1e-7)
+    # 0x3e11094c: exponent 124 → 2^-3, mantissa 1 + 0x11094c/2^23 → 0.141637
+    assert c.scales["ip2"] == pytest.approx(0.125 * (1 + 0x11094C / 2**23), rel=1e-7)
+    assert c.scales["conv1"] == c.scales["pool1"]  # max pooling keeps the range
+    assert "(Unnamed Layer* 4) [Fully Connected]_output" in c.scales
+    assert cache.dumps(c) == text
+
+
+def test_real_tensorrt_8_cache_decodes_raw_pixel_input_range():
+    text = (DATA / "trt8510_mnist_torch.cache").read_text()
+    c = cache.loads(text)
+    assert (c.version, len(c.scales)) == ("8510", 22)
+    # 0x4000890a: exponent 128 → 2^1, mantissa 1 + 0x00890a/2^23 → 2.00836: amax ≈ 255 (raw pixels)
+    assert c.scales["x"] == pytest.approx(2 * (1 + 0x00890A / 2**23), rel=1e-7)
+    assert c.amax()["x"] == pytest.approx(255.06, abs=0.01)
+    assert c.scales["/conv1/Conv_output_0"] == pytest.approx(1 + 0x1DB09C / 2**23, rel=1e-7)
+    assert cache.dumps(c) == text

@@ -76,6 +76,33 @@ def _cmd_inspect(args) -> int:
     return 0
 
 
+def _cmd_cache(args) -> int:
+    from .calib import cache as trt_cache
+    from .jobs import convert
+
+    out = _console()
+    if args.cache_command == "show":
+        c = convert.read_cache(Path(args.cache))
+        out.print(f"TensorRT {c.version}, {c.algorithm}, {len(c.scales)} tensors")
+        for name, scale in c.scales.items():
+            out.print(f"{name}: scale {scale:.9g}  amax {scale * 127:.6g}  ({trt_cache.encode_scale(scale)})")
+        return 0
+    if args.cache_command == "to-qdq":
+        model = Path(args.model)
+        dest = Path(args.output) if args.output else model.with_name(model.stem + ".int8.onnx")
+        if dest.resolve() == model.resolve():
+            raise TrtqError(f"-o {dest}: would overwrite the input model; choose another path")
+        info = convert.cache_to_qdq(model, Path(args.cache), dest)
+        out.print(f"wrote {dest}: {info['tensors']} quantized tensors"
+                  + (f" ({info['unused_cache_entries']} cache entries not used by this model)" if info["unused_cache_entries"] else ""))
+        return 0
+    model = Path(args.model)
+    dest = Path(args.output) if args.output else model.with_name(model.stem + ".cache")
+    info = convert.qdq_to_cache(model, dest, args.cache_version, args.algorithm)
+    out.print(f"wrote {dest}: {info['tensors']} tensors, header TRT-{args.cache_version}-{args.algorithm}")
+    return 0
+
+
 def make_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -93,6 +120,21 @@ def make_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("inspect", help="list a model's inputs and the ops trtq would quantize")
     i.add_argument("model")
     i.set_defaults(func=_cmd_inspect)
+    c = sub.add_parser("cache", help="read, convert and write TensorRT calibration caches")
+    csub = c.add_subparsers(dest="cache_command", required=True)
+    show = csub.add_parser("show", help="decode a cache: tensor, scale, amax")
+    show.add_argument("cache")
+    to = csub.add_parser("to-qdq", help="write a Q/DQ model of MODEL from the ranges in CACHE")
+    to.add_argument("model")
+    to.add_argument("cache")
+    to.add_argument("-o", "--output", help="default: <model>.int8.onnx beside the model")
+    fr = csub.add_parser("from-qdq", help="write the TensorRT cache of a Q/DQ model")
+    fr.add_argument("model")
+    fr.add_argument("-o", "--output", help="default: <model>.cache beside the model")
+    fr.add_argument("--cache-version", default="8601", help="the TensorRT version in the header (default 8601)")
+    fr.add_argument("--algorithm", default="EntropyCalibration2",
+                    choices=["EntropyCalibration2", "EntropyCalibration", "MinMaxCalibration", "LegacyCalibration"])
+    c.set_defaults(func=_cmd_cache)
     return p
 
 

@@ -60,4 +60,4 @@ def loads(text: str | bytes, source: str = "cache") -> CalibrationCache:
 
 def from_ranges(amax: dict[str, float], version: str, algorithm: str) -> CalibrationCache:
     """Scales ``amax / 127``; a zero range gets the scale of amax 1 (see :func:`safe_amax`)."""
-    return CalibrationCache(version, algorithm, {k: safe_amax(a) / 127.0 for k, a in amax.items()})
+    return CalibrationCache(version, algorithm, {k: safe_amax(amax[k]) / 127.0 for k in sorted(amax)})

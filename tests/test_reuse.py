@@ -1,0 +1,103 @@
+"""Stored statistics, multi-pass collection and cache conversions, end to end."""
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import write_job
+
+
+def _ranges(tiny):
+    return json.loads((tiny["dir"] / "out" / "tiny" / "ranges.json").read_text())
+
+
+def test_rebuild_reuses_statistics_and_a_new_method_only_rederives(tiny, run_cli, monkeypatch):
+    assert run_cli("build", tiny["job_path"])[0] == 0
+    first = _ranges(tiny)
+    import trtq.jobs.build as build_mod
+
+    def no_inference(*a, **k):
+        raise AssertionError("the model was run again")
+
+    monkeypatch.setattr(build_mod, "_collect_stats", no_inference)
+    code, _, err = run_cli("build", tiny["job_path"], "--set", "calibration.batch_size=3")
+    assert code == 0, err
+    assert "reusing calibration statistics of 24 samples" in err
+    assert _ranges(tiny) == first
+    code, _, err = run_cli("build", tiny["job_path"], "-q", "--set", "calibrator.method=entropy")
+    assert code == 0, err
+    rep = json.loads((tiny["dir"] / "out" / "tiny" / "report.json").read_text())
+    assert rep["calibration"]["reused_statistics"] is True and rep["calibration"]["method"]["method"] == "entropy"
+    assert _ranges(tiny)["data_fingerprint"] == first["data_fingerprint"]
+
+
+def test_changed_data_or_force_collects_again(tiny, run_cli):
+    assert run_cli("build", tiny["job_path"], "-q")[0] == 0
+    x = tiny["x"].copy()
+    x[0] *= 2
+    np.savez(tiny["dir"] / "data.npz", input=x, labels=np.zeros(24, np.int64))
+    assert run_cli("build", tiny["job_path"], "-q")[0] == 0
+    rep = json.loads((tiny["dir"] / "out" / "tiny" / "report.json").read_text())
+    assert rep["calibration"]["reused_statistics"] is False
+    assert run_cli("build", tiny["job_path"], "-q", "--force")[0] == 0
+    assert json.loads((tiny["dir"] / "out" / "tiny" / "report.json").read_text())["calibration"]["reused_statistics"] is False
+
+
+def test_several_passes_under_a_small_memory_budget_give_the_same_ranges(tiny, run_cli):
+    job = dict(tiny["job"])
+    job.pop("evaluation")
+    job["calibration"] = {"path": "data.npz", "batch_size": 8}
+    assert run_cli("build", write_job(tiny["dir"] / "job.yaml", job), "-q", "--force")[0] == 0
+    one_pass = (tiny["dir"] / "out" / "tiny" / "ranges.json").read_bytes()
+    job["calibration"]["memory_budget_mb"] = 16
+    job["calibration"]["batch_size"] = 100_000  # 100k × 768 B per sample of "input" alone > 16 MiB: several passes
+    job["calibration"]["max_samples"] = 24
+    assert run_cli("build", write_job(tiny["dir"] / "job.yaml", job), "-q", "--force")[0] == 0
+    rep = json.loads((tiny["dir"] / "out" / "tiny" / "report.json").read_text())
+    assert rep["calibration"]["passes"] > 1
+    assert (tiny["dir"] / "out" / "tiny" / "ranges.json").read_bytes() == one_pass
+
+
+def test_group_tensors_respects_the_budget():
+    from conftest import tiny_model
+    from trtq.calib.collect import group_tensors, tensor_elements
+    from trtq.model import load_model
+    import onnx
+
+    m = tiny_model()
+    sizes = tensor_elements(onnx.shape_inference.infer_shapes(m), ["input", "relu_out", "flat"])
+    assert sizes == {"input": 192, "relu_out": 256, "flat": 2}
+    m = onnx.shape_inference.infer_shapes(m)
+    assert group_tensors(m, ["input", "relu_out", "flat"], 1, 10_000) == [["input", "relu_out", "flat"]]
+    assert group_tensors(m, ["input", "relu_out", "flat"], 1, 1100) == [["input"], ["relu_out", "flat"]]
+    assert group_tensors(m, ["input", "relu_out", "flat"], 1, 1000) == [["input"], ["relu_out"], ["flat"]]
+
+
+def test_cache_round_trips_through_the_qdq_model(tiny, run_cli, tmp_path):
+    assert run_cli("build", tiny["job_path"], "-q")[0] == 0
+    folder = tiny["dir"] / "out" / "tiny"
+    code, out, err = run_cli("cache", "from-qdq", folder / "model.int8.onnx", "-o", tmp_path / "back.cache")
+    assert code == 0, err
+    assert (tmp_path / "back.cache").read_bytes() == (folder / "calibration.cache").read_bytes()
+    code, out, err = run_cli("cache", "to-qdq", tiny["model"], folder / "calibration.cache", "-o", tmp_path / "back.onnx")
+    assert code == 0, err
+    assert (tmp_path / "back.onnx").read_bytes() == (folder / "model.int8.onnx").read_bytes()
+    code, out, _ = run_cli("cache", "show", folder / "calibration.cache")
+    assert code == 0 and "5 tensors" in out
+
+
+def test_cache_for_another_model_is_a_clear_error(tiny, run_cli):
+    from pathlib import Path
+
+    real = Path(__file__).parent / "data" / "trt8510_mnist_torch.cache"
+    code, _, err = run_cli("cache", "to-qdq", tiny["model"], real, "-o", tiny["dir"] / "x.onnx")
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "no scale for 5 of the 5 tensors" in err and "input, relu_out, flat" in err
+    assert not (tiny["dir"] / "x.onnx").exists()
+
+
+def test_from_qdq_refuses_the_affine_onnxruntime_flavour(tiny, run_cli):
+    assert run_cli("build", tiny["job_path"], "-q")[0] == 0
+    code, _, err = run_cli("cache", "from-qdq", tiny["dir"] / "out" / "tiny" / "engine.ort.onnx")
+    assert code == 2 and ("non-zero zero point" in err or "no activation QuantizeLinear" in err)
