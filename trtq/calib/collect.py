@@ -4,6 +4,7 @@ quantized into :class:`TensorStats`; each batch's activations are dropped after 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import onnx
@@ -60,19 +61,31 @@ def group_tensors(model: onnx.ModelProto, tensors: list[str], batch_size: int, b
 
 
 def collect(run: Runner, tensors: list[str], batches: Iterable, on_batch: Callable[[int], None] | None = None,
-            stats: dict[str, TensorStats] | None = None) -> dict[str, TensorStats]:
+            stats: dict[str, TensorStats] | None = None, stride: int = 1, workers: int = 2) -> dict[str, TensorStats]:
     """Fold every batch's values of ``tensors`` into per-tensor statistics.
 
     ``run(feeds, names)`` returns the arrays of ``names`` for one batch (tensors that are
-    graph inputs are taken from the feeds directly).
+    graph inputs are taken from the feeds directly). The tensors of a batch are folded on
+    ``workers`` threads (numpy releases the GIL in most of the work); each tensor's
+    statistics are only ever touched by one thread at a time, in batch order.
     """
     stats = {t: TensorStats() for t in tensors} if stats is None else stats
-    for batch in batches:
-        to_run = [t for t in tensors if t not in batch.feeds]
-        values = dict(zip(to_run, run(batch.feeds, to_run))) if to_run else {}
-        for t in tensors:
-            stats[t].update(batch.feeds[t] if t in batch.feeds else values[t])
-        del values
-        if on_batch is not None:
-            on_batch(len(batch))
+    pool = ThreadPoolExecutor(workers) if workers > 1 else None
+    try:
+        for batch in batches:
+            to_run = [t for t in tensors if t not in batch.feeds]
+            values = dict(zip(to_run, run(batch.feeds, to_run))) if to_run else {}
+            values.update({t: batch.feeds[t] for t in tensors if t in batch.feeds})
+            jobs = [(stats[t], values[t]) for t in tensors]
+            if pool is None:
+                for st, v in jobs:
+                    st.update(v, stride)
+            else:
+                list(pool.map(lambda job: job[0].update(job[1], stride), jobs))
+            del values, jobs
+            if on_batch is not None:
+                on_batch(len(batch))
+    finally:
+        if pool is not None:
+            pool.shutdown()
     return stats

@@ -267,6 +267,46 @@ def batches(source: Source, inputs: list[InputSpec], batch_size: int, section: s
         raise DataError(f"{section}: no samples left after skip={skip}; the data source is empty")
 
 
+def prefetch(items: Iterable, depth: int = 2) -> Iterator:
+    """Produce ``items`` on a background thread, ``depth`` ahead, so reading and decoding data
+    (which releases the GIL) overlaps with inference. Exceptions surface in the consumer, in
+    order; abandoning the iterator stops the producer."""
+    import queue
+    import threading
+
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def produce():
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        q.put((item, None), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put((done, None))
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+            q.put((done, exc))
+
+    thread = threading.Thread(target=produce, daemon=True, name="trtq-prefetch")
+    thread.start()
+    try:
+        while True:
+            item, exc = q.get()
+            if item is done:
+                if exc is not None:
+                    raise exc
+                return
+            yield item
+    finally:
+        stop.set()
+
+
 def planned_count(source: Source, skip: int, max_samples: int | None) -> int | None:
     if source.count is None:
         return max_samples

@@ -23,7 +23,7 @@ from ..calib import store as stats_store
 from ..calib.collect import collect, expose_tensors, group_tensors
 from ..calib.methods import compute_ranges, describe, make_method
 from ..calib.stats import TensorStats
-from ..data.sources import Source, batches, open_source, planned_count
+from ..data.sources import Source, batches, open_source, planned_count, prefetch
 from ..errors import JobError, ModelError
 from ..evaluate.latency import interleaved, summarize
 from ..evaluate.metrics import AccuracyAccumulator
@@ -81,7 +81,7 @@ def _collect_stats(job: Job, model: onnx.ModelProto, plan: QuantPlan, inputs: li
     t0 = time.perf_counter()
     for gi, group in enumerate(groups):
         source = open_source(spec, inputs, "calibration")  # a fresh pass over the data
-        runner = ort_backend.Runner(ort_backend.session(expose_tensors(model, group), optimize=True))
+        runner = ort_backend.BoundRunner(ort_backend.session(expose_tensors(model, group), optimize=True))
         label = "calibrating" if len(groups) == 1 else f"calibrating (pass {gi + 1}/{len(groups)})"
         seen = [0]
         with progress.task(label, planned_count(source, spec.skip, spec.max_samples)) as advance:
@@ -89,9 +89,10 @@ def _collect_stats(job: Job, model: onnx.ModelProto, plan: QuantPlan, inputs: li
                 seen[0] += n
                 advance(n)
 
-            collect(runner, group, batches(source, inputs, spec.batch_size, "calibration", spec.skip,
-                                           spec.max_samples, digest if gi == 0 else None),
-                    on_batch=count, stats=stats.setdefault(gi, {t: TensorStats() for t in group}))
+            collect(runner, group, prefetch(batches(source, inputs, spec.batch_size, "calibration", spec.skip,
+                                                    spec.max_samples, digest if gi == 0 else None)),
+                    on_batch=count, stats=stats.setdefault(gi, {t: TensorStats() for t in group}),
+                    stride=spec.histogram_stride)
         samples = samples or seen[0]
         del runner
     merged = {t: st for part in stats.values() for t, st in part.items()}
@@ -154,7 +155,7 @@ def _evaluate(job: Job, fp32, int8, inputs: list[InputSpec], source: Source, pro
     first: dict[str, np.ndarray] | None = None
     out_name = fp32.output_names[0]
     with progress.task("evaluating accuracy", planned_count(source, spec.skip, spec.max_samples)) as advance:
-        for batch in batches(source, inputs, spec.batch_size, "evaluation", spec.skip, spec.max_samples):
+        for batch in prefetch(batches(source, inputs, spec.batch_size, "evaluation", spec.skip, spec.max_samples)):
             if first is None:
                 first = batch.feeds
             acc.update(fp32(batch.feeds, [out_name])[0], int8(batch.feeds, [out_name])[0], batch.labels)

@@ -55,6 +55,8 @@ class DataSpec(_Strict):
     batch_size: int = Field(8, ge=1)
     skip: int = Field(0, ge=0, description="samples to skip at the start")
     max_samples: int | None = Field(None, ge=1)
+    histogram_stride: int = Field(1, ge=1, le=64, description="histogram every n-th value of each sample "
+                                  "(min/max stay exact); 1 = every value")
     memory_budget_mb: int = Field(1024, ge=16, description="most memory one batch of exposed activations may take; "
                                   "past it, calibration runs in several passes over the data")
 

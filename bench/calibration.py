@@ -1,0 +1,209 @@
+"""Calibration benchmark: trtq's streaming statistics against ONNX Runtime's quantize_static.
+
+    python bench/calibration.py [--images DIR] [--model PATH] [--counts 100 500]
+
+Every row runs in a fresh subprocess (so peak RSS is that run's own), one after another on
+the same machine, over the same images with the same preprocessing (EfficientNet-Lite0:
+shorter side 256 bicubic, crop 224, (x-127)/128), batch 8:
+
+* ``fp32 pass``   — trtq's data pipeline + one plain FP32 inference pass (the yardstick);
+* ``trtq``        — one collection pass, then all four methods (minmax, percentile, entropy,
+                    mse) from the same statistics; ``stride 4`` histograms every 4th value;
+* ``ort MinMax`` / ``ort Entropy`` — ``onnxruntime.quantization.quantize_static`` (QDQ,
+  per-channel), whose time is almost all calibration. Run under an address-space limit
+  (``--ort-limit-gb``) so its keep-every-activation calibrators cannot exhaust the machine.
+
+Prints a Markdown table and writes it to bench/results/calibration.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+PREPROCESS = {"resize": 256, "interpolation": "bicubic", "crop": 224, "mean": 127, "std": 128}
+BATCH = 8
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _spec_and_model(args):
+    from trtq.jobs.schema import DataSpec
+    from trtq.model import input_specs, load_model
+    from trtq.quant.qdq import name_nodes, plan_quantization
+
+    spec = DataSpec.model_validate({"path": str(args.images), "preprocess": PREPROCESS, "batch_size": BATCH,
+                                    "max_samples": args.n, "histogram_stride": args.stride})
+    model = load_model(Path(args.model))
+    name_nodes(model)
+    return spec, model, input_specs(model), plan_quantization(model)
+
+
+def _batches(spec, inputs):
+    from trtq.data.sources import batches, open_source, prefetch
+
+    return prefetch(batches(open_source(spec, inputs, "calibration"), inputs, spec.batch_size, "calibration", 0,
+                            spec.max_samples))
+
+
+def worker_fp32(args) -> dict:
+    from trtq.backends.onnxruntime import Runner, session
+
+    spec, model, inputs, _ = _spec_and_model(args)
+    run = Runner(session(model))
+    t0 = time.perf_counter()
+    n = 0
+    for b in _batches(spec, inputs):
+        run(b.feeds)
+        n += len(b)
+    return {"seconds": time.perf_counter() - t0, "samples": n}
+
+
+def worker_trtq(args) -> dict:
+    from trtq.backends.onnxruntime import BoundRunner, session
+    from trtq.calib.collect import collect, expose_tensors
+    from trtq.calib.methods import BUILTIN, compute_ranges
+
+    spec, model, inputs, plan = _spec_and_model(args)
+    run = BoundRunner(session(expose_tensors(model, plan.activations)))
+    t0 = time.perf_counter()
+    n = [0]
+    stats = collect(run, plan.activations, _batches(spec, inputs), on_batch=lambda k: n.__setitem__(0, n[0] + k),
+                    stride=spec.histogram_stride)
+    collected = time.perf_counter() - t0
+    methods = {}
+    for name, cls in BUILTIN.items():
+        t = time.perf_counter()
+        compute_ranges(stats, cls())
+        methods[name] = time.perf_counter() - t
+    return {"seconds": time.perf_counter() - t0, "collect_seconds": collected, "methods": methods, "samples": n[0]}
+
+
+def worker_ort(args, method: str) -> dict:
+    import numpy as np
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, quantize_static
+
+    spec, _, inputs, _ = _spec_and_model(args)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter(_batches(spec, inputs))
+
+        def get_next(self):
+            b = next(self.it, None)
+            return None if b is None else {k: np.ascontiguousarray(v) for k, v in b.feeds.items()}
+
+    out = Path(args.tmp) / f"ort_{method}.onnx"
+    t0 = time.perf_counter()
+    quantize_static(str(args.model), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    calibrate_method=getattr(CalibrationMethod, method))
+    seconds = time.perf_counter() - t0
+    onnx.checker.check_model(str(out))
+    return {"seconds": seconds, "samples": args.n}
+
+
+def run_worker(args, name: str, n: int, stride: int = 1, limit_gb: float | None = None) -> dict:
+    cmd = [sys.executable, __file__, "--worker", name, "--n", str(n), "--stride", str(stride),
+           "--images", str(args.images), "--model", str(args.model), "--tmp", str(args.tmp)]
+    if limit_gb:
+        cmd += ["--limit-gb", str(limit_gb)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    last = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
+    if proc.returncode != 0 or not last.startswith("{"):
+        lines = proc.stderr.strip().splitlines() or ["?"]
+        err = next((ln for ln in reversed(lines) if "Error" in ln or "Fail" in ln), lines[-1])[:160]
+        if "bad_alloc" in proc.stderr or "MemoryError" in proc.stderr or "Failed to allocate" in proc.stderr:
+            err = f"out of memory under the {limit_gb:g} GB limit ({err[:80]})"
+        return {"error": err}
+    return json.loads(last)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--images", type=Path, default=ROOT.parent / "shared" / "data" / "imagenet-sample-500")
+    ap.add_argument("--model", type=Path, default=ROOT.parent / "shared" / "models" / "efficientnet_lite0.onnx")
+    ap.add_argument("--counts", type=int, nargs="+", default=[100, 500])
+    ap.add_argument("--ort-limit-gb", type=float, default=12.0)
+    ap.add_argument("--skip-ort", action="store_true")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "calibration.md")
+    ap.add_argument("--only-ort", action="store_true", help="(debugging) only the ORT rows")
+    ap.add_argument("--tmp", default="/tmp")
+    # worker mode
+    ap.add_argument("--worker")
+    ap.add_argument("--n", type=int)
+    ap.add_argument("--stride", type=int, default=1)
+    ap.add_argument("--limit-gb", type=float)
+    args = ap.parse_args(argv)
+
+    if args.worker:
+        if args.limit_gb:
+            lim = int(args.limit_gb * 2**30)
+            resource.setrlimit(resource.RLIMIT_AS, (lim, lim))
+        if args.worker == "fp32":
+            res = worker_fp32(args)
+        elif args.worker == "trtq":
+            res = worker_trtq(args)
+        else:
+            res = worker_ort(args, args.worker.removeprefix("ort-"))
+        res["peak_rss_mb"] = _peak_rss_mb()
+        print(json.dumps(res))
+        return 0
+
+    for need in (args.images, args.model):
+        if not need.exists():
+            print(f"skipped: {need} is absent (the benchmark needs the project's ../shared data)")
+            return 0
+    rows = []
+    for n in args.counts:
+        fp32 = run_worker(args, "fp32", n)
+        rows.append(("fp32 pass (yardstick)", n, fp32, None))
+        for stride in (() if args.only_ort else (1, 4)):
+            r = run_worker(args, "trtq", n, stride)
+            rows.append((f"trtq, 4 methods{'' if stride == 1 else f', stride {stride}'}", n, r, fp32))
+        if not args.skip_ort:
+            # ORT's histogram calibrators stack every batch's outputs and fail on a short last
+            # batch, so ORT gets whole batches only
+            n_ort = n - n % BATCH
+            for m in ("MinMax", "Entropy"):
+                rows.append((f"ort quantize_static {m}", n_ort,
+                             run_worker(args, f"ort-{m}", n_ort, limit_gb=args.ort_limit_gb), fp32))
+    lines = [f"Calibration of EfficientNet-Lite0, batch {BATCH}, {os.cpu_count()} CPUs "
+             f"({time.strftime('%Y-%m-%d')}); each row a fresh process, run one after another.", "",
+             "| run | images | wall s | × fp32 pass (per image) | peak RSS MB | method times (s) |", "|---|---|---|---|---|---|"]
+    for name, n, r, base in rows:
+        if "error" in r:
+            lines.append(f"| {name} | {n} | failed: {r['error']} | | | |")
+            continue
+        # the yardstick ran over `base['samples']` images: compare per image
+        ratio = (f"{(r['seconds'] / r['samples']) / (base['seconds'] / base['samples']):.2f}"
+                 if base and "seconds" in base else "1.00")
+        meth = ", ".join(f"{k} {v:.2f}" for k, v in r.get("methods", {}).items())
+        if "collect_seconds" in r:
+            meth = f"collect {r['collect_seconds']:.1f}; " + meth
+        lines.append(f"| {name} | {n} | {r['seconds']:.1f} | {ratio} | {r['peak_rss_mb']:.0f} | {meth} |")
+    trtq = {n: r for name, n, r, _ in rows if name == "trtq, 4 methods" and "error" not in r}
+    if len(trtq) >= 2:
+        lo, hi = min(trtq), max(trtq)
+        lines += ["", f"trtq peak RSS with {hi} images / with {lo} images: "
+                      f"{trtq[hi]['peak_rss_mb'] / trtq[lo]['peak_rss_mb']:.3f}"]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
