@@ -1,6 +1,5 @@
 """End-to-end builds through the CLI."""
 
-import gzip
 import hashlib
 import json
 import sys
@@ -122,31 +121,16 @@ def test_image_folder_with_labels_and_python_loader(tmp_path, run_cli):
     assert rep["int8"]["accuracy"]["samples"] == 6 and "top1" in rep["int8"]["accuracy"]
 
 
-def _read_idx(path: Path) -> np.ndarray:
-    with gzip.open(path, "rb") as f:
-        data = f.read()
-    ndim = data[3]
-    dims = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
-    return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(dims)
-
-
-def test_mnist_int8_top1_within_half_a_point_of_fp32(tmp_path, run_cli):
+def test_mnist_int8_top1_within_half_a_point_of_fp32(tmp_path, run_cli, monkeypatch):
+    """The shipped configs/mnist.yaml: real MNIST test set through the example IDX loader."""
     model = need_shared("models", "mnist-8.onnx")
-    mnist = need_shared("data", "mnist")
-    images = _read_idx(mnist / "t10k-images-idx3-ubyte.gz").astype(np.float32)[:, None]  # raw 0..255
-    labels = _read_idx(mnist / "t10k-labels-idx1-ubyte.gz").astype(np.int64)
-    np.savez(tmp_path / "mnist.npz", Input3=images, labels=labels)
-    job = write_job(tmp_path / "mnist.yaml", {
-        "name": "mnist", "model": str(model),
-        "calibration": {"path": "mnist.npz", "batch_size": 1, "max_samples": 1000},
-        "calibrator": {"method": "percentile", "percentile": 99.99},
-        "evaluation": {"path": "mnist.npz", "batch_size": 1, "latency": {"iterations": 20}},
-        "output": "out"})
-    code, _, err = run_cli("build", job, "-q")
+    monkeypatch.setenv("TRTQ_MNIST_DIR", str(need_shared("data", "mnist")))
+    code, _, err = run_cli("build", ROOT / "configs" / "mnist.yaml", "-q", "--out", tmp_path,
+                           "--set", f"model={model}", "--set", "evaluation.latency.iterations=20")
     assert code == 0, err
-    rep = json.loads((tmp_path / "out" / "mnist" / "report.json").read_text())
+    rep = json.loads((tmp_path / "mnist" / "report.json").read_text())
     fp32, int8 = rep["fp32"]["accuracy"]["top1"], rep["int8"]["accuracy"]["top1"]
-    assert rep["int8"]["accuracy"]["samples"] == 10000
+    assert rep["int8"]["accuracy"]["samples"] == 10000 and rep["calibration"]["samples"] == 1000
     assert fp32 == pytest.approx(0.989, abs=0.0015)
     assert abs(fp32 - int8) <= 0.005, (fp32, int8)
     assert rep["quantization"]["quantized_nodes"] == 3  # two Conv and the Gemm

@@ -119,20 +119,13 @@ def test_skip_past_the_end_is_empty(tiny, run_cli):
     _assert_clean_error(code, err, "calibration", "no samples left", out_dir=tiny["dir"] / "out")
 
 
-def test_nan_in_calibration_data(tiny, run_cli):
+@pytest.mark.parametrize("bad,index", [(np.nan, 5), (np.inf, 0), (-np.inf, 23)])
+def test_non_finite_calibration_data(tiny, run_cli, bad, index):
     x = tiny["x"].copy()
-    x[5, 0, 0, 0] = np.nan
-    np.savez(tiny["dir"] / "nan.npz", input=x)
-    code, _, err = run_cli("build", _job(tiny, calibration__path="nan.npz"))
-    _assert_clean_error(code, err, "nan.npz[5]", "NaN or Inf", out_dir=tiny["dir"] / "out")
-
-
-def test_inf_in_calibration_data(tiny, run_cli):
-    x = tiny["x"].copy()
-    x[0, 1, 2, 3] = np.inf
-    np.savez(tiny["dir"] / "inf.npz", input=x)
-    code, _, err = run_cli("build", _job(tiny, calibration__path="inf.npz"))
-    _assert_clean_error(code, err, "inf.npz[0]", "NaN or Inf")
+    x[index, 1, 2, 3] = bad
+    np.savez(tiny["dir"] / "bad.npz", input=x)
+    code, _, err = run_cli("build", _job(tiny, calibration__path="bad.npz"))
+    _assert_clean_error(code, err, f"bad.npz[{index}]", "'input'", "NaN or Inf", out_dir=tiny["dir"] / "out")
 
 
 def test_unwritable_output_folder(tiny, run_cli):

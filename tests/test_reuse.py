@@ -3,7 +3,6 @@
 import json
 
 import numpy as np
-import pytest
 
 from conftest import write_job
 
@@ -62,7 +61,6 @@ def test_several_passes_under_a_small_memory_budget_give_the_same_ranges(tiny, r
 def test_group_tensors_respects_the_budget():
     from conftest import tiny_model
     from trtq.calib.collect import group_tensors, tensor_elements
-    from trtq.model import load_model
     import onnx
 
     m = tiny_model()
