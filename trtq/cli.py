@@ -15,7 +15,10 @@ from .errors import TrtqError
 def _console(stderr: bool = False):
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False)
+    console = Console(stderr=stderr, highlight=False)
+    if not console.is_terminal:  # logs and pipes: wide enough for the tables
+        console = Console(stderr=stderr, highlight=False, width=120)
+    return console
 
 
 def _cmd_build(args) -> int:
@@ -32,13 +35,13 @@ def _cmd_build(args) -> int:
     return 0
 
 
-def _print_summary(result, rows) -> None:
+def _print_summary(result, rows, verb: str = "build") -> None:
     from rich.table import Table
 
     out = _console()
     rep = result.report
     cal = rep["calibration"]
-    table = Table(title=f"trtq build {rep['job']['name']} → {result.out_dir}", title_justify="left")
+    table = Table(title=f"trtq {verb} {rep['job']['name']} → {result.out_dir}", title_justify="left")
     for col in ("metric", "FP32", "INT8", "change"):
         table.add_column(col, justify="left" if col == "metric" else "right")
     table.add_row("calibration", "", f"{cal['method']['method']}, {cal['samples']} samples", f"{cal['seconds']:.1f} s")
@@ -49,6 +52,63 @@ def _print_summary(result, rows) -> None:
         table.add_row(*row)
     out.print(table)
     out.print("artifacts: " + ", ".join(rep["artifacts"]))
+
+
+def _cmd_eval(args) -> int:
+    from .jobs.evaluation import reevaluate
+    from .jobs.schema import load_job
+    from .progress import Progress, RichProgress
+    from .report.writer import headline_rows
+
+    job = load_job(args.job, args.set or [])
+    progress = Progress() if args.quiet else RichProgress(_console(stderr=True))
+    folder, report = reevaluate(job, Path(args.out).resolve() if args.out else None, progress)
+
+    class _Result:
+        out_dir = folder
+
+    _Result.report = report
+    _print_summary(_Result, headline_rows(report, intervals=False), verb="eval")
+    return 0
+
+
+def _parse_shapes(items) -> dict[str, tuple[int, ...]]:
+    shapes = {}
+    for item in items or []:
+        name, sep, dims = item.rpartition(":")
+        try:
+            shapes[name] = tuple(int(d) for d in dims.lower().split("x"))
+        except ValueError:
+            sep = ""
+        if not sep or not name:
+            raise TrtqError(f"--shape {item!r}: expected NAME:1x3x224x224")
+    return shapes
+
+
+def _cmd_bench(args) -> int:
+    from rich.table import Table
+
+    from .jobs.bench import bench
+
+    result = bench(Path(args.model), args.batch, args.warmup, args.iterations, args.duration, args.threads,
+                   _parse_shapes(args.shape))
+    m = result["machine"]
+    table = Table(title=f"{args.model} — onnxruntime {m['onnxruntime']}, {m['cpu']}, "
+                        f"threads {args.threads or 'default'}", title_justify="left")
+    for col in ("batch", "iters", "min", "mean", "p50", "p90", "p95", "p99", "max", "CV", "per s"):
+        table.add_column(col, justify="right")
+    for bs, st in result["by_batch"].items():
+        table.add_row(bs, str(st["iterations"]), *(f"{st[k]:.3f}" for k in ("min_ms", "mean_ms", "p50_ms", "p90_ms",
+                      "p95_ms", "p99_ms", "max_ms")), f"{100 * st['cv']:.1f} %" + (" ⚠" if st["unstable"] else ""),
+                      f"{st['throughput_per_s']:.1f}")
+    out = _console()
+    out.print(table)
+    out.print("latencies in ms; ⚠: coefficient of variation above 5 %, the machine was noisy")
+    if args.json:
+        import json
+
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
 
 
 def _cmd_inspect(args) -> int:
@@ -117,6 +177,22 @@ def make_parser() -> argparse.ArgumentParser:
     b.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     b.add_argument("--force", action="store_true", help="collect calibration statistics again even if stored ones match")
     b.set_defaults(func=_cmd_build)
+    e = sub.add_parser("eval", help="evaluate an existing build again (accuracy, per-layer error, latency)")
+    e.add_argument("job")
+    e.add_argument("--set", action="append", metavar="KEY.PATH=VALUE", help="override a job key (repeatable)")
+    e.add_argument("--out", help="output root the job was built into (default: the job's 'output')")
+    e.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    e.set_defaults(func=_cmd_eval)
+    bn = sub.add_parser("bench", help="latency of one ONNX model, trtexec-style")
+    bn.add_argument("model")
+    bn.add_argument("--batch", type=int, nargs="+", default=[1], help="batch sizes (default 1)")
+    bn.add_argument("--warmup", type=int, default=10)
+    bn.add_argument("--iterations", type=int, default=100)
+    bn.add_argument("--duration", type=float, help="seconds to keep timing after the iterations")
+    bn.add_argument("--threads", type=int, help="intra-op threads (default: onnxruntime's choice)")
+    bn.add_argument("--shape", action="append", metavar="NAME:DIMS", help="shape for dynamic inputs, e.g. input:1x3x224x224")
+    bn.add_argument("--json", help="also write the statistics to this file")
+    bn.set_defaults(func=_cmd_bench)
     i = sub.add_parser("inspect", help="list a model's inputs and the ops trtq would quantize")
     i.add_argument("model")
     i.set_defaults(func=_cmd_inspect)

@@ -7,14 +7,10 @@ from stored statistics). A user calibrator is any class with the same method.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 
 from ..errors import JobError
+from ..plugins import import_callable
 from .stats import TensorStats
 
 TRT_BINS = 2048  # EntropyCalibration2's histogram size over [0, max]
@@ -174,31 +170,10 @@ class MSE:
 BUILTIN = {"minmax": MinMax, "percentile": Percentile, "entropy": Entropy, "mse": MSE}
 
 
-def load_class(ref: str, base: Path | None = None):
-    """Import ``path/to/file.py:Class`` (relative to ``base``) or ``package.module:Class``."""
-    mod_name, _, cls_name = ref.rpartition(":")
-    try:
-        if mod_name.endswith(".py"):
-            path = Path(mod_name)
-            if not path.is_absolute() and base is not None:
-                path = base / path
-            spec = importlib.util.spec_from_file_location(f"trtq_user_{path.stem}", path)
-            if spec is None or not path.is_file():
-                raise ImportError(f"no file {path}")
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[spec.name] = module
-            spec.loader.exec_module(module)
-        else:
-            module = importlib.import_module(mod_name)
-        return getattr(module, cls_name)
-    except (ImportError, AttributeError, SyntaxError) as exc:
-        raise JobError(f"calibrator.class: cannot import '{ref}' ({exc}); give 'file.py:Class' or 'package.module:Class'") from None
-
-
 def make_method(spec):
     """Build a method from the job's ``calibrator`` section."""
     if getattr(spec, "class_", None):
-        cls = load_class(spec.class_)
+        cls = import_callable(spec.class_, "calibrator.class")
         try:
             method = cls(**(spec.options or {}))
         except TypeError as exc:

@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import importlib
-import importlib.util
 import itertools
-import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +20,7 @@ import numpy as np
 from ..errors import DataError
 from ..jobs.schema import DataSpec
 from ..model import InputSpec
+from ..plugins import import_callable
 from .preprocess import load_image
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
@@ -144,25 +142,8 @@ def _array_source(spec: DataSpec, inputs: list[InputSpec], section: str) -> Sour
                   sum(p[0] for p in parts), has_labels, files)
 
 
-def _import_loader(ref: str, section: str):
-    mod_name, _, fn_name = ref.rpartition(":")
-    try:
-        if mod_name.endswith(".py"):
-            spec = importlib.util.spec_from_file_location(Path(mod_name).stem, mod_name)
-            if spec is None or not Path(mod_name).is_file():
-                raise ImportError(f"no file {mod_name}")
-            module = importlib.util.module_from_spec(spec)
-            sys.modules.setdefault(spec.name, module)
-            spec.loader.exec_module(module)
-        else:
-            module = importlib.import_module(mod_name)
-        return getattr(module, fn_name)
-    except (ImportError, AttributeError) as exc:
-        raise DataError(f"{section}.loader: cannot import '{ref}' ({exc}); give 'module:function' or 'file.py:function'") from None
-
-
 def _loader_source(spec: DataSpec, inputs: list[InputSpec], section: str) -> Source:
-    fn = _import_loader(spec.loader, section)
+    fn = import_callable(spec.loader, f"{section}.loader")
     names = {i.name for i in inputs}
 
     def gen():

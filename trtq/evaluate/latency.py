@@ -36,17 +36,22 @@ def summarize(times_ms: list[float] | np.ndarray, batch_size: int = 1) -> dict:
     }
 
 
-def interleaved(calls: dict[str, Callable[[], object]], warmup: int, iterations: int) -> dict[str, list[float]]:
-    """Run each call ``warmup`` times, then ``iterations`` rounds of A, B, … in turn; per-call
-    wall times in ms. The order within a round alternates so neither side always goes first."""
+def interleaved(calls: dict[str, Callable[[], object]], warmup: int, iterations: int,
+                duration_s: float | None = None) -> dict[str, list[float]]:
+    """Run each call ``warmup`` times, then rounds of A, B, … in turn: ``iterations`` rounds, and
+    more until ``duration_s`` has passed when given. Per-call wall times in ms. The order
+    within a round alternates so neither side always goes first."""
     names = list(calls)
     for _ in range(warmup):
         for n in names:
             calls[n]()
     times: dict[str, list[float]] = {n: [] for n in names}
-    for i in range(iterations):
+    start = time.perf_counter()
+    i = 0
+    while i < iterations or (duration_s is not None and time.perf_counter() - start < duration_s):
         for n in (names if i % 2 == 0 else names[::-1]):
             t0 = time.perf_counter_ns()
             calls[n]()
             times[n].append((time.perf_counter_ns() - t0) / 1e6)
+        i += 1
     return times

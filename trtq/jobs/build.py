@@ -25,13 +25,12 @@ from ..calib.methods import compute_ranges, describe, make_method
 from ..calib.stats import TensorStats
 from ..data.sources import Source, batches, open_source, planned_count, prefetch
 from ..errors import JobError, ModelError
-from ..evaluate.latency import interleaved, summarize
-from ..evaluate.metrics import AccuracyAccumulator
 from ..model import InputSpec, input_specs, load_model, output_names
 from ..progress import Progress
 from ..quant.qdq import QuantPlan, insert_qdq, name_nodes, plan_quantization
 from ..report.writer import write_json, write_markdown
 from ..scales import safe_amax
+from .evaluation import evaluate
 from .output import staged_output
 from .schema import Job
 
@@ -140,48 +139,6 @@ def _write_ranges(stage: Path, ranges: dict, info: dict, model_sha: str, job: Jo
     (stage / CACHE).write_text(trt_cache.dumps(cache))
 
 
-def _latency_feeds(first: dict[str, np.ndarray], batch_size: int) -> dict[str, np.ndarray]:
-    """A batch of ``batch_size`` built from real evaluation samples (repeated if too few)."""
-    out = {}
-    for k, v in first.items():
-        reps = -(-batch_size // len(v))
-        out[k] = np.ascontiguousarray(np.concatenate([v] * reps)[:batch_size])
-    return out
-
-
-def _evaluate(job: Job, fp32, int8, inputs: list[InputSpec], source: Source, progress: Progress) -> dict:
-    spec = job.evaluation
-    acc = AccuracyAccumulator(spec.top_k)
-    first: dict[str, np.ndarray] | None = None
-    out_name = fp32.output_names[0]
-    with progress.task("evaluating accuracy", planned_count(source, spec.skip, spec.max_samples)) as advance:
-        for batch in prefetch(batches(source, inputs, spec.batch_size, "evaluation", spec.skip, spec.max_samples)):
-            if first is None:
-                first = batch.feeds
-            acc.update(fp32(batch.feeds, [out_name])[0], int8(batch.feeds, [out_name])[0], batch.labels)
-            advance(len(batch))
-    accuracy = acc.result()
-    lat = {"fp32": {}, "int8": {}}
-    lspec = spec.latency
-    with progress.task("measuring latency", len(lspec.batch_sizes)) as advance:
-        for bs in lspec.batch_sizes:
-            feeds = _latency_feeds(first, bs)
-            times = interleaved({"fp32": lambda: fp32(feeds), "int8": lambda: int8(feeds)},
-                                lspec.warmup, lspec.iterations)
-            for side in ("fp32", "int8"):
-                lat[side][str(bs)] = summarize(times[side], bs)
-            advance(1)
-    result = {}
-    for side in ("fp32", "int8"):
-        by_batch = lat[side]
-        head = by_batch[str(lspec.batch_sizes[0])]
-        result[side] = {"accuracy": accuracy[side],
-                        "latency": {"batch_size": lspec.batch_sizes[0], "p50_ms": head["p50_ms"],
-                                    "mean_ms": head["mean_ms"], "by_batch": by_batch}}
-    result["latency_ratio"] = {bs: lat["int8"][bs]["p50_ms"] / lat["fp32"][bs]["p50_ms"] for bs in lat["fp32"]}
-    return result
-
-
 def build(job: Job, out_root: Path | None = None, progress: Progress | None = None, reuse: bool = True) -> BuildResult:
     progress = progress or Progress()
     target = job.quantization.target
@@ -208,11 +165,12 @@ def build(job: Job, out_root: Path | None = None, progress: Progress | None = No
         wmethod = job.quantization.weight_method
         onnx.save(insert_qdq(model, plan, ranges, "tensorrt", weight_method=wmethod), str(stage / QDQ_MODEL))
         engine: dict = {}
+        ort_qdq = None
         if target == "onnxruntime":
             if not cpu["vnni"]:
                 progress.note("CPU without VNNI: ONNX Runtime engine uses 7-bit weights to avoid int16 saturation")
-            kernels = ort_backend.build_engine(insert_qdq(model, plan, ranges, "onnxruntime", weight_qmax, wmethod),
-                                               stage / ORT_ENGINE)
+            ort_qdq = insert_qdq(model, plan, ranges, "onnxruntime", weight_qmax, wmethod)
+            kernels = ort_backend.build_engine(ort_qdq, stage / ORT_ENGINE)
             engine = {"path": ORT_ENGINE, "kind": "onnxruntime-cpu", "kernels": kernels,
                       "weight_bits": 8 if weight_qmax == 127 else 7, "optimized_for": cpu}
         report = {
@@ -233,10 +191,8 @@ def build(job: Job, out_root: Path | None = None, progress: Progress | None = No
             "artifacts": [QDQ_MODEL, CACHE, RANGES] + ([ORT_ENGINE] if engine else []) + ["report.json", "report.md"],
         }
         if eval_source is not None:
-            threads = job.evaluation.latency.threads
-            fp32 = ort_backend.Runner(ort_backend.session(model, threads=threads))
-            int8 = ort_backend.load_engine(stage / ORT_ENGINE, threads=threads)
-            report.update(_evaluate(job, fp32, int8, inputs, eval_source, progress))
+            report.update(evaluate(job, model, ort_qdq, plan, stage / ORT_ENGINE, inputs, stage, progress))
+            report["artifacts"] += report["plots"]
         write_json(report, stage / "report.json")
         write_markdown(report, stage / "report.md")
     return BuildResult(root / job.name, report)

@@ -102,6 +102,7 @@ class LatencySpec(_Strict):
     warmup: int = Field(10, ge=0)
     iterations: int = Field(50, ge=1)
     threads: int | None = Field(None, ge=1, description="intra-op threads (default: onnxruntime's choice)")
+    duration_s: float | None = Field(None, gt=0, description="time each model at least this long (after the iterations)")
 
     @field_validator("batch_sizes")
     @classmethod
@@ -114,6 +115,8 @@ class LatencySpec(_Strict):
 class EvaluationSpec(DataSpec):
     latency: LatencySpec = LatencySpec()
     top_k: int = Field(5, ge=1)
+    metric: str | None = Field(None, description="custom metric 'file.py:function' or 'module:function'")
+    per_layer_samples: int = Field(32, ge=0, description="samples for the per-layer error analysis; 0 skips it")
 
 
 class Job(_Strict):
@@ -154,10 +157,11 @@ def _resolve_paths(data: dict, base: Path) -> None:
             cal["class"] = f"{_resolve(mod, base)}:{cls}"
     for section in ("calibration", "evaluation"):
         sec = data.get(section)
-        if isinstance(sec, dict) and isinstance(sec.get("loader"), str):
-            mod, _, fn = sec["loader"].rpartition(":")
-            if mod.endswith(".py"):
-                sec["loader"] = f"{_resolve(mod, base)}:{fn}"
+        for key in ("loader", "metric"):
+            if isinstance(sec, dict) and isinstance(sec.get(key), str):
+                mod, _, fn = sec[key].rpartition(":")
+                if mod.endswith(".py"):
+                    sec[key] = f"{_resolve(mod, base)}:{fn}"
 
 
 def parse_override(text: str) -> tuple[tuple[str, ...], Any]:
@@ -183,7 +187,7 @@ def apply_override(data: dict, key: tuple[str, ...], value: Any, cwd: Path) -> N
         node = nxt
     if key in PATH_KEYS:
         value = _resolve(value, cwd)
-    elif key[-1] in ("loader", "class") and isinstance(value, str) and value.rpartition(":")[0].endswith(".py"):
+    elif key[-1] in ("loader", "class", "metric") and isinstance(value, str) and value.rpartition(":")[0].endswith(".py"):
         mod, _, fn = value.rpartition(":")
         value = f"{_resolve(mod, cwd)}:{fn}"
     node[key[-1]] = value

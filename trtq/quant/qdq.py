@@ -110,6 +110,19 @@ def activation_qparams(rng: dict[str, float], flavor: Flavor) -> tuple[float, in
     return scale, zp, onnx.TensorProto.UINT8
 
 
+BIAS_LIMIT = 2**30  # |int32 bias| kept below this, leaving headroom for the accumulation
+
+
+def _fit_int32_bias(w_scales: np.ndarray, bias: np.ndarray, act_scale: float) -> np.ndarray:
+    """Raise a channel's weight scale where ``bias / (act_scale · w_scale)`` would not fit the
+    int32 bias (channels whose weights are almost, but not exactly, zero): such weights are
+    negligible, and a saturated bias is not."""
+    if bias.ndim != 1 or bias.shape[0] != w_scales.shape[0]:
+        return w_scales
+    need = (np.abs(bias.astype(np.float64)) / (np.float64(act_scale) * BIAS_LIMIT)).astype(np.float32)
+    return np.maximum(w_scales, need)
+
+
 def insert_qdq(model: onnx.ModelProto, plan: QuantPlan, ranges: dict[str, dict[str, float]],
                flavor: Flavor, weight_qmax: int = 127, weight_method: str = "max") -> onnx.ModelProto:
     """Return a copy of ``model`` with Q/DQ pairs per ``plan`` and calibrated ``ranges``."""
@@ -155,6 +168,8 @@ def insert_qdq(model: onnx.ModelProto, plan: QuantPlan, ranges: dict[str, dict[s
             if q.weight not in weight_dq:
                 w = numpy_helper.to_array(inits[q.weight])
                 scales = per_channel_scales(w, q.axis, weight_qmax, weight_method)
+                if flavor == "onnxruntime" and q.bias is not None:
+                    scales = _fit_int32_bias(scales, numpy_helper.to_array(inits[q.bias]), act_dq[q.activation][1])
                 qw = const(f"{q.weight}_quantized", quantize_weights(w, scales, q.axis, weight_qmax))
                 ws = const(f"{q.weight}_scale", scales)
                 wz = const(f"{q.weight}_zero_point", np.zeros(scales.shape, np.int8))

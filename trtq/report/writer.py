@@ -39,6 +39,10 @@ def _ci(acc: dict, key: str) -> str:
     return "" if not ci else f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
 
 
+def _db(x) -> str:
+    return str(x) if not isinstance(x, (int, float)) or math.isinf(x) else f"{x:.1f}"
+
+
 def _ms(x) -> str:
     return "—" if not isinstance(x, (int, float)) else f"{x:.2f} ms"
 
@@ -97,6 +101,32 @@ def write_markdown(report: dict, path: Path) -> None:
     if any(s.get("unstable") for side in ("fp32", "int8")
            for s in report.get(side, {}).get("latency", {}).get("by_batch", {}).values()):
         lines += ["", "⚠ coefficient of variation above 5 %: this machine was noisy; compare ratios, not absolute times."]
+    custom = report.get("custom_metric")
+    if custom:
+        lines += ["", "## Custom metric", "", "| metric | value |", "|---|---|"]
+        lines += [f"| {k} | {v:.6g} |" for k, v in custom.items()]
+    by_output = report.get("int8", {}).get("accuracy", {}).get("fidelity_by_output")
+    if by_output:
+        lines += ["", "## Fidelity of every output", "", "| output | SQNR dB | cosine | max abs err | mean abs err |",
+                  "|---|---|---|---|---|"]
+        for name, f in by_output.items():
+            lines.append(f"| `{name}` | {_db(f['sqnr_db'])} | {f['cosine_mean']:.5f} | {f['max_abs_error']:.4g} | "
+                         f"{f['mean_abs_error']:.4g} |")
+    if "latency.png" in report.get("plots", []):
+        lines += ["", "![latency](latency.png)"]
+    pl = report.get("per_layer")
+    if pl:
+        by_name = {r["node"]: r for r in pl["layers"]}
+        lines += ["", f"## Where accuracy is lost ({pl['samples']} samples)", "",
+                  "Layers ranked by the relative noise power they add (N_out − N_in, N = 10^(−SQNR/10)); "
+                  "SQNR of the layer's input (upstream error) and output against FP32.", "",
+                  "| # | layer | op | input SQNR dB | output SQNR dB | noise added |", "|---|---|---|---|---|---|"]
+        for i, name in enumerate(pl["worst"], 1):
+            r = by_name[name]
+            lines.append(f"| {i} | `{name}` | {r['op']} | {_db(r['input_sqnr_db'])} | {_db(r['output_sqnr_db'])} | "
+                         f"{r['added_noise']:.2e} |")
+        if "per_layer_sqnr.png" in report.get("plots", []):
+            lines += ["", "![per-layer SQNR](per_layer_sqnr.png)"]
     lines += ["", "## Quantization", "",
               f"- {q['quantized_nodes']} weighted ops quantized (per-channel int8 weights), "
               f"{len(q['kept_fp32'])} kept in FP32" + (": " + ", ".join(f"`{n}` ({r})" for n, r in q["kept_fp32"]) if q["kept_fp32"] else ""),
