@@ -40,7 +40,8 @@ def _producers(model):
 def test_plan_covers_every_weighted_op_with_its_axis(setup):
     _, _, plan, _ = setup
     assert {q.node: q.axis for q in plan.nodes} == EXPECTED_AXIS
-    assert plan.activations == ["input", "relu_out", "flat", "fc1_out", "fc2_out"]
+    assert plan.activations == ["input", "relu_out", "flat", "fc1_out", "fc2_out", "convt_out"]
+    assert plan.pools == [("gap", "convt_out")]  # pooling input: quantizable in both flavours
 
 
 def test_tensorrt_flavour_structure(setup):
@@ -64,9 +65,9 @@ def test_tensorrt_flavour_structure(setup):
             zp = inits[node.input[2]]
             assert zp.dtype == np.int8 and not zp.any(), node.name
             assert np.all(inits[node.input[1]] > 0)
-    # nothing quantizes the outputs of weighted ops
+    # no Q/DQ on a weighted op's output unless the next layer is quantizable (convt_out feeds the pool)
     consumers = {i for n in q.graph.node if n.op_type == "QuantizeLinear" for i in n.input[:1]}
-    assert not consumers & {"conv_out", "convt_out", "output"}
+    assert not consumers & {"conv_out", "output"} and "convt_out" in consumers
     onnx.checker.check_model(q, full_check=True)
 
 
@@ -102,3 +103,61 @@ def test_excluded_ops_and_nodes_stay_fp32():
     plan = plan_quantization(model, exclude_ops=("MatMul",), exclude_nodes=("conv",))
     assert {q.node for q in plan.nodes} == {"convt", "fc1", "fc2"}
     assert ("conv", "excluded by the job") in plan.kept_fp32
+
+
+def residual_model():
+    """x → Conv(a) → Relu → Conv(b) → Add(with the Relu output) → GlobalAveragePool → Flatten → Gemm."""
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(3)
+    w = {"a.w": rng.normal(0, 0.5, (4, 3, 3, 3)), "b.w": rng.normal(0, 0.5, (4, 4, 1, 1)),
+         "fc.w": rng.normal(0, 0.5, (2, 4)), "fc.b": np.zeros(2)}
+    nodes = [
+        helper.make_node("Conv", ["x", "a.w"], ["a_out"], name="a", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["a_out"], ["r"], name="relu"),
+        helper.make_node("Conv", ["r", "b.w"], ["b_out"], name="b"),
+        helper.make_node("Add", ["b_out", "r"], ["sum"], name="add"),
+        helper.make_node("GlobalAveragePool", ["sum"], ["gap"], name="gap"),
+        helper.make_node("Flatten", ["gap"], ["flat"], name="flat"),
+        helper.make_node("Gemm", ["flat", "fc.w", "fc.b"], ["y"], name="fc", transB=1),
+    ]
+    graph = helper.make_graph(nodes, "res", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 6, 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])],
+                              [numpy_helper.from_array(v.astype(np.float32), k) for k, v in w.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def test_residual_add_and_pool_placement_per_flavour():
+    model = residual_model()
+    plan = plan_quantization(model)
+    assert [(a.node, a.main, a.skip) for a in plan.adds] == [("add", "b_out", "r")]
+    assert plan.pools == [("gap", "sum")]
+    assert plan.activations == ["x", "r", "flat", "b_out", "sum"]
+    ranges = {t: {"amax": 4.0, "min": -4.0, "max": 4.0} for t in plan.activations}
+    for flavor, quantized in (("tensorrt", {"r_dequantized"}), ("onnxruntime", {"r_dequantized", "b_out_dequantized"})):
+        q = insert_qdq(model, plan, ranges, flavor)
+        add = next(n for n in q.graph.node if n.name == "add")
+        assert {i for i in add.input if i.endswith("_dequantized")} == quantized, flavor
+        gap = next(n for n in q.graph.node if n.name == "gap")
+        assert gap.input[0] == "sum_dequantized"
+        # one Q/DQ pair per tensor, shared by the Conv and the Add that both read 'r'
+        assert sum(n.op_type == "QuantizeLinear" and n.input[0] == "r" for n in q.graph.node) == 1
+
+
+def test_excluding_add_keeps_residual_adds_fp32():
+    plan = plan_quantization(residual_model(), exclude_ops=("Add", "GlobalAveragePool"))
+    assert plan.adds == [] and plan.pools == []
+
+
+def test_onnxruntime_engine_runs_every_weighted_op_as_int8(tmp_path):
+    from trtq.backends.onnxruntime import build_engine
+
+    model = residual_model()
+    plan = plan_quantization(model)
+    x = np.random.default_rng(0).normal(size=(8, 3, 6, 6)).astype(np.float32)
+    stats = collect(Runner(session(expose_tensors(model, plan.activations))), plan.activations,
+                    [Batch({"x": x}, None, [""] * 8)])
+    kernels = build_engine(insert_qdq(model, plan, compute_ranges(stats, MinMax()), "onnxruntime", 64),
+                           tmp_path / "e.onnx")
+    assert kernels["fp32_weighted"] == 0 and kernels["ops"].get("QLinearConv") == 2
+    assert kernels["ops"].get("QLinearAdd") == 1

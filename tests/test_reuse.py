@@ -82,7 +82,7 @@ def test_cache_round_trips_through_the_qdq_model(tiny, run_cli, tmp_path):
     assert code == 0, err
     assert (tmp_path / "back.onnx").read_bytes() == (folder / "model.int8.onnx").read_bytes()
     code, out, _ = run_cli("cache", "show", folder / "calibration.cache")
-    assert code == 0 and "5 tensors" in out
+    assert code == 0 and "6 tensors" in out
 
 
 def test_cache_for_another_model_is_a_clear_error(tiny, run_cli):
@@ -91,7 +91,7 @@ def test_cache_for_another_model_is_a_clear_error(tiny, run_cli):
     real = Path(__file__).parent / "data" / "trt8510_mnist_torch.cache"
     code, _, err = run_cli("cache", "to-qdq", tiny["model"], real, "-o", tiny["dir"] / "x.onnx")
     assert code == 2 and len(err.strip().splitlines()) == 1
-    assert "no scale for 5 of the 5 tensors" in err and "input, relu_out, flat" in err
+    assert "no scale for 6 of the 6 tensors" in err and "input, relu_out, flat" in err
     assert not (tiny["dir"] / "x.onnx").exists()
 
 

@@ -28,6 +28,7 @@ from ..scales import safe_amax
 from .weights import WEIGHTED_OPS, per_channel_scales, quantize_weights, weight_axis
 
 Flavor = Literal["tensorrt", "onnxruntime"]
+POOLS = ("GlobalAveragePool", "AveragePool")
 
 
 @dataclass(frozen=True)
@@ -40,17 +41,43 @@ class QuantNode:
     bias: str | None
 
 
+@dataclass(frozen=True)
+class AddPoint:
+    """A residual Add of two activations: ``main`` comes from the later producer (the branch's
+    last layer), ``skip`` is the shortcut."""
+
+    node: str
+    main: str
+    skip: str
+
+
 @dataclass
 class QuantPlan:
     nodes: list[QuantNode]
     kept_fp32: list[tuple[str, str]] = field(default_factory=list)  # (node, reason)
+    adds: list[AddPoint] = field(default_factory=list)
+    pools: list[tuple[str, str]] = field(default_factory=list)  # (AveragePool/GlobalAveragePool node, input)
 
     @property
     def activations(self) -> list[str]:
+        """Every tensor either flavour quantizes, in graph order (what calibration collects)."""
         seen: dict[str, None] = {}
         for q in self.nodes:
             seen.setdefault(q.activation, None)
+        for a in self.adds:
+            seen.setdefault(a.skip, None)
+            seen.setdefault(a.main, None)
+        for _, t in self.pools:
+            seen.setdefault(t, None)
         return list(seen)
+
+    def add_inputs(self, flavor: str) -> dict[str, set[str]]:
+        """Add node → the inputs given Q/DQ: TensorRT quantizes only the skip input (so it can
+        fuse Conv+Add; Q/DQ between the Conv and the Add would break that), ONNX Runtime both
+        (so it forms QLinearAdd and the branch's last Conv becomes QLinearConv)."""
+        out = {a.node: ({a.skip} if flavor == "tensorrt" else {a.skip, a.main}) for a in self.adds}
+        out.update({node: {t} for node, t in self.pools})  # pooling is quantizable in both
+        return out
 
 
 def name_nodes(model: onnx.ModelProto) -> None:
@@ -95,7 +122,33 @@ def plan_quantization(model: onnx.ModelProto, exclude_ops=(), exclude_nodes=()) 
         bias = node.input[2] if len(node.input) > 2 and node.input[2] in inits else None
         plan.nodes.append(QuantNode(node.name, node.op_type, node.input[0], node.input[1],
                                     weight_axis(node.op_type, attrs, len(w.dims)), bias))
+    if "Add" not in exclude_ops:
+        plan.adds = _residual_adds(model, inits, exclude_nodes)
+    plan.pools = [(n.name, n.input[0]) for n in graph.node
+                  if n.op_type in POOLS and n.op_type not in exclude_ops and n.name not in exclude_nodes
+                  and n.input[0] not in inits]
     return plan
+
+
+def _residual_adds(model: onnx.ModelProto, inits: dict, exclude_nodes) -> list[AddPoint]:
+    order = {}
+    producer = {}
+    for i, node in enumerate(model.graph.node):
+        for o in node.output:
+            order[o], producer[o] = i, node
+    graph_inputs = {i.name for i in model.graph.input}
+    points = []
+    for node in model.graph.node:
+        if node.op_type != "Add" or node.name in exclude_nodes or len(node.input) != 2:
+            continue
+        a, b = node.input
+        if a in inits or b in inits or a == b or not all(t in order or t in graph_inputs for t in (a, b)):
+            continue  # a bias-like constant add, or not two distinct activations
+        main, skip = (a, b) if order.get(a, -1) >= order.get(b, -1) else (b, a)
+        if producer.get(main) is None or producer[main].op_type not in WEIGHTED_OPS:
+            continue  # only residual adds closing a weighted branch
+        points.append(AddPoint(node.name, main, skip))
+    return points
 
 
 def activation_qparams(rng: dict[str, float], flavor: Flavor) -> tuple[float, int, int]:
@@ -134,6 +187,7 @@ def insert_qdq(model: onnx.ModelProto, plan: QuantPlan, ranges: dict[str, dict[s
     if missing:
         raise JobError(f"no calibrated range for tensor(s) {', '.join(missing[:5])}; recalibrate")
     by_node = {q.node: q for q in plan.nodes}
+    add_inputs = plan.add_inputs(flavor)
     uses: dict[str, int] = {}
     for node in graph.node:
         for i in node.input:
@@ -149,22 +203,30 @@ def insert_qdq(model: onnx.ModelProto, plan: QuantPlan, ranges: dict[str, dict[s
         new_inits.append(numpy_helper.from_array(np.asarray(value), name))
         return name
 
+    def activation_pair(tensor: str) -> str:
+        """The DQ output standing for ``tensor``; one Q→DQ pair per tensor, made on first use."""
+        if tensor not in act_dq:
+            scale, zp, dtype = activation_qparams(ranges[tensor], flavor)
+            zp_np = np.array(zp, dtype=helper.tensor_dtype_to_np_dtype(dtype))
+            s_name = const(f"{tensor}_scale", np.array(scale, np.float32))
+            z_name = const(f"{tensor}_zero_point", zp_np)
+            qo, dqo = f"{tensor}_quantized", f"{tensor}_dequantized"
+            nodes.append(helper.make_node("QuantizeLinear", [tensor, s_name, z_name], [qo],
+                                          name=f"{tensor}_QuantizeLinear"))
+            nodes.append(helper.make_node("DequantizeLinear", [qo, s_name, z_name], [dqo],
+                                          name=f"{tensor}_DequantizeLinear"))
+            act_dq[tensor] = (dqo, float(np.float32(scale)))
+        return act_dq[tensor][0]
+
     for original in graph.node:
         node = onnx.NodeProto()
         node.CopyFrom(original)
+        for i, name in enumerate(node.input):
+            if name in add_inputs.get(node.name, ()):
+                node.input[i] = activation_pair(name)
         q = by_node.get(node.name)
         if q is not None:
-            if q.activation not in act_dq:
-                scale, zp, dtype = activation_qparams(ranges[q.activation], flavor)
-                zp_np = np.array(zp, dtype=helper.tensor_dtype_to_np_dtype(dtype))
-                s_name = const(f"{q.activation}_scale", np.array(scale, np.float32))
-                z_name = const(f"{q.activation}_zero_point", zp_np)
-                qo, dqo = f"{q.activation}_quantized", f"{q.activation}_dequantized"
-                nodes.append(helper.make_node("QuantizeLinear", [q.activation, s_name, z_name], [qo],
-                                              name=f"{q.activation}_QuantizeLinear"))
-                nodes.append(helper.make_node("DequantizeLinear", [qo, s_name, z_name], [dqo],
-                                              name=f"{q.activation}_DequantizeLinear"))
-                act_dq[q.activation] = (dqo, float(np.float32(scale)))
+            activation_pair(q.activation)
             if q.weight not in weight_dq:
                 w = numpy_helper.to_array(inits[q.weight])
                 scales = per_channel_scales(w, q.axis, weight_qmax, weight_method)
