@@ -155,7 +155,8 @@ def build(job: Job, out_root: Path | None = None, progress: Progress | None = No
     cal_source = open_source(job.calibration, inputs, "calibration")
     eval_source = open_source(job.evaluation, inputs, "evaluation") if job.evaluation else None
     cpu = ort_backend.cpu_info()
-    weight_qmax = 127 if cpu["vnni"] else 64
+    bits = job.quantization.weight_bits
+    weight_qmax = {7: 64, 8: 127}[bits] if bits != "auto" else (127 if cpu["vnni"] else 64)
     root = Path(out_root) if out_root is not None else job.output
     model_sha = _sha256(job.model)
 
@@ -167,8 +168,9 @@ def build(job: Job, out_root: Path | None = None, progress: Progress | None = No
         engine: dict = {}
         ort_qdq = None
         if target == "onnxruntime":
-            if not cpu["vnni"]:
-                progress.note("CPU without VNNI: ONNX Runtime engine uses 7-bit weights to avoid int16 saturation")
+            if bits == "auto" and not cpu["vnni"]:
+                progress.note("CPU without VNNI: ONNX Runtime engine uses 7-bit weights to avoid int16 saturation "
+                              "(quantization.weight_bits overrides)")
             ort_qdq = insert_qdq(model, plan, ranges, "onnxruntime", weight_qmax, wmethod)
             kernels = ort_backend.build_engine(ort_qdq, stage / ORT_ENGINE)
             engine = {"path": ORT_ENGINE, "kind": "onnxruntime-cpu", "kernels": kernels,

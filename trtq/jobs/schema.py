@@ -93,6 +93,8 @@ class CalibratorSpec(_Strict):
 class QuantizationSpec(_Strict):
     target: Literal["onnxruntime", "tensorrt"] = "onnxruntime"
     weight_method: Literal["max", "mse"] = Field("max", description="per-channel weight amax: max |w|, or the MSE-optimal clip")
+    weight_bits: Literal["auto", 7, 8] = Field("auto", description="ONNX Runtime engine: 7-bit weights avoid int16 "
+                                              "saturation on CPUs without VNNI; auto picks by the CPU")
     exclude_ops: tuple[str, ...] = ()
     exclude_nodes: tuple[str, ...] = ()
 
