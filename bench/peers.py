@@ -127,9 +127,9 @@ def run_model(name, fp32_path, data_spec, trtq_job, cal_count, cal_bs, eval_skip
     rows: list[tuple[str, dict | str]] = []
     t0 = time.perf_counter()
     path = _trtq_build(trtq_job, tmp)
+    build_s = time.perf_counter() - t0
     rows.append(("trtq (percentile, ORT engine)", {**_measure(model, path, evaluation, iterations, batch_sizes, tmp, threads,
-                                                             preoptimized=True),
-                                                    "build_s": time.perf_counter() - t0}))
+                                                             preoptimized=True), "build_s": build_s}))
     for config in ("U8S8 MinMax", "U8S8 Percentile", "S8S8 symmetric (TensorRT-style)"):
         out = tmp / f"{name}_ort_{config.split()[0]}_{config.split()[1]}.onnx"
         t0 = time.perf_counter()
