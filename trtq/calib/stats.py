@@ -35,14 +35,41 @@ def _exp_for(amax: float) -> int:
 class TensorStats:
     """Running statistics of one tensor."""
 
-    __slots__ = ("count", "min", "max", "exp", "hist")
+    __slots__ = ("count", "min", "max", "exp", "hist", "channel_sum", "channel_axis", "samples")
 
-    def __init__(self) -> None:
+    def __init__(self, channel_axis: int | None = None) -> None:
         self.count = 0
         self.min = math.inf
         self.max = -math.inf
         self.exp = _EMPTY_EXP
         self.hist = np.zeros(NBINS, dtype=np.int64)
+        # per-channel sums (float64) on ``channel_axis`` of each sample, for bias correction;
+        # added sample by sample, in order, so they too do not depend on the batch size
+        self.channel_axis = channel_axis
+        self.channel_sum: np.ndarray | None = None
+        self.samples = 0
+
+    def channel_mean(self) -> np.ndarray | None:
+        """Mean of each channel over every sample and position (None if not collected)."""
+        if self.channel_sum is None or self.samples == 0:
+            return None
+        per_sample = self.count // self.samples // len(self.channel_sum)
+        return self.channel_sum / (self.samples * per_sample)
+
+    def _update_channels(self, x: np.ndarray) -> None:
+        if self.channel_axis is None or x.ndim < 2:
+            return
+        axis = self.channel_axis % x.ndim
+        if axis == 0:
+            return
+        c = x.shape[axis]
+        moved = np.moveaxis(x, axis, 1).reshape(len(x), c, -1)
+        per_sample = moved.sum(axis=2, dtype=np.float64)
+        if self.channel_sum is None:
+            self.channel_sum = np.zeros(c, dtype=np.float64)
+        for row in per_sample:  # sequential over samples: the same order whatever the batching
+            self.channel_sum += row
+        self.samples += len(x)
 
     @property
     def absmax(self) -> float:
@@ -68,6 +95,7 @@ class TensorStats:
         x = np.asarray(x)
         if x.size == 0:
             return
+        self._update_channels(x)
         lo, hi = float(x.min()), float(x.max())
         self.min, self.max = min(self.min, lo), max(self.max, hi)
         self.count += x.size
@@ -84,7 +112,13 @@ class TensorStats:
         self.hist += np.bincount(idx, minlength=NBINS)
 
     def merge(self, other: "TensorStats") -> "TensorStats":
-        out = TensorStats()
+        """Exact for counts, min/max and histogram; channel sums add (equal to the whole's to
+        within float64 rounding)."""
+        out = TensorStats(self.channel_axis if self.channel_axis is not None else other.channel_axis)
+        if self.channel_sum is not None or other.channel_sum is not None:
+            parts = [p.channel_sum for p in (self, other) if p.channel_sum is not None]
+            out.channel_sum = parts[0].copy() if len(parts) == 1 else parts[0] + parts[1]
+        out.samples = self.samples + other.samples
         out.count = self.count + other.count
         out.min, out.max = min(self.min, other.min), max(self.max, other.max)
         a, b = self.copy(), other.copy()
@@ -95,26 +129,38 @@ class TensorStats:
         return out
 
     def copy(self) -> "TensorStats":
-        out = TensorStats()
+        out = TensorStats(self.channel_axis)
         out.count, out.min, out.max, out.exp, out.hist = self.count, self.min, self.max, self.exp, self.hist.copy()
+        out.channel_sum = None if self.channel_sum is None else self.channel_sum.copy()
+        out.samples = self.samples
         return out
 
     def __eq__(self, other) -> bool:
-        return (isinstance(other, TensorStats) and self.count == other.count and self.min == other.min
-                and self.max == other.max and self.exp == other.exp and np.array_equal(self.hist, other.hist))
+        if not (isinstance(other, TensorStats) and self.count == other.count and self.min == other.min
+                and self.max == other.max and self.exp == other.exp and np.array_equal(self.hist, other.hist)
+                and self.samples == other.samples and (self.channel_sum is None) == (other.channel_sum is None)):
+            return False
+        return self.channel_sum is None or np.allclose(self.channel_sum, other.channel_sum, rtol=1e-12, atol=1e-9)
 
     # -- persistence (an .npz per calibration run) -------------------------------------------
     def to_arrays(self, prefix: str) -> dict[str, np.ndarray]:
-        return {f"{prefix}/meta": np.array([self.count, self.exp], dtype=np.int64),
-                f"{prefix}/range": np.array([self.min, self.max], dtype=np.float64),
-                f"{prefix}/hist": self.hist}
+        out = {f"{prefix}/meta": np.array([self.count, self.exp, self.samples,
+                                           -999 if self.channel_axis is None else self.channel_axis], dtype=np.int64),
+               f"{prefix}/range": np.array([self.min, self.max], dtype=np.float64),
+               f"{prefix}/hist": self.hist}
+        if self.channel_sum is not None:
+            out[f"{prefix}/channels"] = self.channel_sum
+        return out
 
     @classmethod
     def from_arrays(cls, arrays, prefix: str) -> "TensorStats":
-        out = cls()
-        out.count, out.exp = (int(v) for v in arrays[f"{prefix}/meta"])
+        count, exp, samples, axis = (int(v) for v in arrays[f"{prefix}/meta"])
+        out = cls(None if axis == -999 else axis)
+        out.count, out.exp, out.samples = count, exp, samples
         out.min, out.max = (float(v) for v in arrays[f"{prefix}/range"])
         out.hist = np.asarray(arrays[f"{prefix}/hist"], dtype=np.int64)
+        key = f"{prefix}/channels"
+        out.channel_sum = np.asarray(arrays[key], dtype=np.float64) if key in getattr(arrays, "files", arrays) else None
         return out
 
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from .stats import TensorStats
 
-STATS_VERSION = 1
+STATS_VERSION = 2  # 2: per-channel sums for bias correction
 FOLDER = ".trtq-stats"
 
 

@@ -38,6 +38,7 @@ QDQ_MODEL = "model.int8.onnx"
 ORT_ENGINE = "engine.ort.onnx"
 CACHE = "calibration.cache"
 RANGES = "ranges.json"
+MEANS = "channel_means.npz"  # per-channel input means behind bias correction
 
 
 @dataclass
@@ -74,6 +75,7 @@ def _collect_stats(job: Job, model: onnx.ModelProto, plan: QuantPlan, inputs: li
     """Run the FP32 model over the calibration data; one pass per tensor group."""
     spec = job.calibration
     groups = group_tensors(model, plan.activations, spec.batch_size, spec.memory_budget_mb << 20)
+    axes = plan.channel_axes()
     digest = hashlib.sha256()
     stats: dict = {}
     samples = 0
@@ -90,7 +92,7 @@ def _collect_stats(job: Job, model: onnx.ModelProto, plan: QuantPlan, inputs: li
 
             collect(runner, group, prefetch(batches(source, inputs, spec.batch_size, "calibration", spec.skip,
                                                     spec.max_samples, digest if gi == 0 else None)),
-                    on_batch=count, stats=stats.setdefault(gi, {t: TensorStats() for t in group}),
+                    on_batch=count, stats=stats.setdefault(gi, {t: TensorStats(axes.get(t)) for t in group}),
                     stride=spec.histogram_stride)
         samples = samples or seen[0]
         del runner
@@ -122,7 +124,8 @@ def _calibrate(job: Job, model: onnx.ModelProto, plan: QuantPlan, inputs: list[I
             "passes": collected["passes"], "reused_statistics": stored is not None, "tensors": len(ranges),
             "data_fingerprint": collected["data_fingerprint"], "source": source.description,
             "batch_size": spec.batch_size, "skip": spec.skip}
-    return ranges, info
+    means = {t: st.channel_mean() for t, st in stats.items() if st.channel_mean() is not None}
+    return ranges, info, means
 
 
 def _write_ranges(stage: Path, ranges: dict, info: dict, model_sha: str, job: Job) -> None:
@@ -161,17 +164,22 @@ def build(job: Job, out_root: Path | None = None, progress: Progress | None = No
     model_sha = _sha256(job.model)
 
     with staged_output(root, job.name) as stage:
-        ranges, cal_info = _calibrate(job, model, plan, inputs, cal_source, progress, root, model_sha, reuse)
+        ranges, cal_info, means = _calibrate(job, model, plan, inputs, cal_source, progress, root, model_sha, reuse)
         _write_ranges(stage, ranges, cal_info, model_sha, job)
         wmethod = job.quantization.weight_method
-        onnx.save(insert_qdq(model, plan, ranges, "tensorrt", weight_method=wmethod), str(stage / QDQ_MODEL))
+        if job.quantization.bias_correction:
+            np.savez(stage / MEANS, **means)
+        else:
+            means = None
+        onnx.save(insert_qdq(model, plan, ranges, "tensorrt", weight_method=wmethod, input_means=means),
+                  str(stage / QDQ_MODEL))
         engine: dict = {}
         ort_qdq = None
         if target == "onnxruntime":
             if bits == "auto" and not cpu["vnni"]:
                 progress.note("CPU without VNNI: ONNX Runtime engine uses 7-bit weights to avoid int16 saturation "
                               "(quantization.weight_bits overrides)")
-            ort_qdq = insert_qdq(model, plan, ranges, "onnxruntime", weight_qmax, wmethod)
+            ort_qdq = insert_qdq(model, plan, ranges, "onnxruntime", weight_qmax, wmethod, means)
             kernels = ort_backend.build_engine(ort_qdq, stage / ORT_ENGINE)
             engine = {"path": ORT_ENGINE, "kind": "onnxruntime-cpu", "kernels": kernels,
                       "weight_bits": 8 if weight_qmax == 127 else 7, "optimized_for": cpu}
@@ -187,10 +195,12 @@ def build(job: Job, out_root: Path | None = None, progress: Progress | None = No
                 "outputs": output_names(model)},
             "calibration": cal_info,
             "quantization": {"target": target, "quantized_nodes": len(plan.nodes), "weight_method": wmethod,
+                             "bias_correction": means is not None,
                              "kept_fp32": [list(k) for k in plan.kept_fp32],
                              "activation_tensors": len(plan.activations)},
             "engine": engine,
-            "artifacts": [QDQ_MODEL, CACHE, RANGES] + ([ORT_ENGINE] if engine else []) + ["report.json", "report.md"],
+            "artifacts": [QDQ_MODEL, CACHE, RANGES] + ([MEANS] if means is not None else [])
+                         + ([ORT_ENGINE] if engine else []) + ["report.json", "report.md"],
         }
         if eval_source is not None:
             report.update(evaluate(job, model, ort_qdq, plan, stage / ORT_ENGINE, inputs, stage, progress))

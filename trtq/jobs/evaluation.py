@@ -127,7 +127,7 @@ def _run_metric(fn, ref: str, kept: dict, names: list[str]) -> dict:
 
 def reevaluate(job: Job, out_root: Path | None, progress: Progress) -> tuple[Path, dict]:
     """``trtq eval``: evaluate an existing build again without rebuilding it."""
-    from .build import ORT_ENGINE, RANGES, _sha256
+    from .build import MEANS, ORT_ENGINE, RANGES, _sha256
 
     if job.evaluation is None:
         raise JobError("evaluation: the job has no evaluation section; add one to evaluate")
@@ -147,7 +147,11 @@ def reevaluate(job: Job, out_root: Path | None, progress: Progress) -> tuple[Pat
     plan = plan_quantization(model, job.quantization.exclude_ops, job.quantization.exclude_nodes)
     ranges = {k: {"amax": v["amax"], "min": v["min"], "max": v["max"]} for k, v in ranges_doc["tensors"].items()}
     qmax = 127 if report["engine"].get("weight_bits", 8) == 8 else 64
-    qdq = insert_qdq(model, plan, ranges, "onnxruntime", qmax, report["quantization"].get("weight_method", "max"))
+    means = None
+    if (folder / MEANS).is_file():
+        with np.load(folder / MEANS) as z:
+            means = {k: z[k] for k in z.files}
+    qdq = insert_qdq(model, plan, ranges, "onnxruntime", qmax, report["quantization"].get("weight_method", "max"), means)
     result = evaluate(job, model, qdq, plan, folder / ORT_ENGINE, inputs, folder, progress)
     for key in ("per_layer", "custom_metric"):
         report.pop(key, None)

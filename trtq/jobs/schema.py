@@ -95,6 +95,7 @@ class QuantizationSpec(_Strict):
     weight_method: Literal["max", "mse"] = Field("max", description="per-channel weight amax: max |w|, or the MSE-optimal clip")
     weight_bits: Literal["auto", 7, 8] = Field("auto", description="ONNX Runtime engine: 7-bit weights avoid int16 "
                                               "saturation on CPUs without VNNI; auto picks by the CPU")
+    bias_correction: bool = Field(True, description="fold the mean output shift of weight quantization into each bias")
     exclude_ops: tuple[str, ...] = ()
     exclude_nodes: tuple[str, ...] = ()
 

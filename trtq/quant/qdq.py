@@ -25,7 +25,8 @@ from onnx import helper, numpy_helper
 
 from ..errors import JobError
 from ..scales import safe_amax
-from .weights import WEIGHTED_OPS, per_channel_scales, quantize_weights, weight_axis
+from .weights import (WEIGHTED_OPS, bias_shift, dequantize_weights, per_channel_scales, quantize_weights,
+                      weight_axis)
 
 Flavor = Literal["tensorrt", "onnxruntime"]
 POOLS = ("GlobalAveragePool", "AveragePool")
@@ -70,6 +71,10 @@ class QuantPlan:
         for _, t in self.pools:
             seen.setdefault(t, None)
         return list(seen)
+
+    def channel_axes(self) -> dict[str, int]:
+        """Axis of each weighted op's input that its weights reduce over (for bias correction)."""
+        return {q.activation: (-1 if q.op_type == "MatMul" else 1) for q in self.nodes}
 
     def add_inputs(self, flavor: str) -> dict[str, set[str]]:
         """Add node → the inputs given Q/DQ: TensorRT quantizes only the skip input (so it can
@@ -177,8 +182,12 @@ def _fit_int32_bias(w_scales: np.ndarray, bias: np.ndarray, act_scale: float) ->
 
 
 def insert_qdq(model: onnx.ModelProto, plan: QuantPlan, ranges: dict[str, dict[str, float]],
-               flavor: Flavor, weight_qmax: int = 127, weight_method: str = "max") -> onnx.ModelProto:
-    """Return a copy of ``model`` with Q/DQ pairs per ``plan`` and calibrated ``ranges``."""
+               flavor: Flavor, weight_qmax: int = 127, weight_method: str = "max",
+               input_means: dict[str, np.ndarray] | None = None) -> onnx.ModelProto:
+    """Return a copy of ``model`` with Q/DQ pairs per ``plan`` and calibrated ``ranges``.
+
+    ``input_means`` (tensor → per-channel mean of a weighted op's input) turns on bias
+    correction: each bias absorbs the mean shift its layer's weight quantization causes."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
     graph = out.graph
@@ -194,6 +203,7 @@ def insert_qdq(model: onnx.ModelProto, plan: QuantPlan, ranges: dict[str, dict[s
             uses[i] = uses.get(i, 0) + 1
 
     new_inits: list[onnx.TensorProto] = []
+    corrected: dict[str, np.ndarray] = {}
     act_dq: dict[str, tuple[str, float]] = {}
     weight_dq: dict[str, tuple[str, np.ndarray]] = {}
     replaced: set[str] = set()
@@ -227,11 +237,20 @@ def insert_qdq(model: onnx.ModelProto, plan: QuantPlan, ranges: dict[str, dict[s
         q = by_node.get(node.name)
         if q is not None:
             activation_pair(q.activation)
+            bias = numpy_helper.to_array(inits[q.bias]) if q.bias is not None else None
             if q.weight not in weight_dq:
                 w = numpy_helper.to_array(inits[q.weight])
                 scales = per_channel_scales(w, q.axis, weight_qmax, weight_method)
-                if flavor == "onnxruntime" and q.bias is not None:
-                    scales = _fit_int32_bias(scales, numpy_helper.to_array(inits[q.bias]), act_dq[q.activation][1])
+                if bias is not None and input_means and input_means.get(q.activation) is not None:
+                    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+                    w_deq = dequantize_weights(quantize_weights(w, scales, q.axis, weight_qmax), scales, q.axis)
+                    shift = bias_shift(q.op_type, attrs.get("group", 1), w, w_deq, input_means[q.activation],
+                                       attrs.get("transB", 0))
+                    if shift is not None and shift.size == bias.size:
+                        bias = (bias.astype(np.float64) - shift.reshape(bias.shape)).astype(np.float32)
+                        corrected[q.bias] = bias
+                if flavor == "onnxruntime" and bias is not None:
+                    scales = _fit_int32_bias(scales, bias, act_dq[q.activation][1])
                 qw = const(f"{q.weight}_quantized", quantize_weights(w, scales, q.axis, weight_qmax))
                 ws = const(f"{q.weight}_scale", scales)
                 wz = const(f"{q.weight}_zero_point", np.zeros(scales.shape, np.int8))
@@ -243,7 +262,7 @@ def insert_qdq(model: onnx.ModelProto, plan: QuantPlan, ranges: dict[str, dict[s
             node.input[0] = act_dq[q.activation][0]
             node.input[1] = weight_dq[q.weight][0]
             if flavor == "onnxruntime" and q.bias is not None and uses.get(q.bias) == 1:
-                b = numpy_helper.to_array(inits[q.bias])
+                b = corrected.get(q.bias, numpy_helper.to_array(inits[q.bias]))
                 w_scales = weight_dq[q.weight][1]
                 if b.ndim == 1 and b.shape[0] == w_scales.shape[0]:
                     bs = (np.float32(act_dq[q.activation][1]) * w_scales).astype(np.float32)
@@ -255,6 +274,10 @@ def insert_qdq(model: onnx.ModelProto, plan: QuantPlan, ranges: dict[str, dict[s
                                                   name=f"{q.bias}_DequantizeLinear", axis=0))
                     node.input[2] = f"{q.bias}_dequantized"
                     replaced.add(q.bias)
+            if q.bias in corrected and node.input[2] == q.bias and uses.get(q.bias) == 1:
+                # a float bias (TensorRT's form, or a bias ONNX Runtime can't take as int32)
+                node.input[2] = const(f"{q.bias}_corrected", corrected[q.bias])
+                replaced.add(q.bias)
         nodes.append(node)
 
     still_used = {i for n in nodes for i in n.input}

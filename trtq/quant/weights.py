@@ -67,3 +67,23 @@ def quantize_weights(w: np.ndarray, scales: np.ndarray, axis: int, qmax: int = 1
 
 def dequantize_weights(q: np.ndarray, scales: np.ndarray, axis: int) -> np.ndarray:
     return q.astype(np.float32) * _bshape(scales.astype(np.float32), q.ndim, axis)
+
+
+def bias_shift(op_type: str, group: int, w: np.ndarray, w_deq: np.ndarray, input_mean: np.ndarray,
+               trans_b: int = 0) -> np.ndarray | None:
+    """Expected change of each output channel caused by quantizing the weights alone,
+    ``(W_q − W) · E[x]`` (Nagel et al., "Data-Free Quantization", 2019, empirical form): subtract it
+    from the bias and the layer's output mean is unbiased again. Conv takes the input mean per
+    channel as spatially constant (padding ignored); returns None where the op has no rule."""
+    err = w_deq.astype(np.float64) - w.astype(np.float64)
+    mean = np.asarray(input_mean, dtype=np.float64)
+    if op_type == "Conv" and err.ndim >= 3:
+        e = err.reshape(err.shape[0], err.shape[1], -1).sum(axis=2)  # [K, C/g]
+        k, cg = e.shape
+        if group < 1 or k % group or mean.shape[0] != cg * group:
+            return None
+        return np.einsum("gkc,gc->gk", e.reshape(group, k // group, cg), mean.reshape(group, cg)).reshape(k)
+    if op_type == "Gemm" and err.ndim == 2:
+        e = err if trans_b else err.T  # [N, K]
+        return e @ mean if e.shape[1] == mean.shape[0] else None
+    return None
