@@ -55,6 +55,7 @@ def _print_summary(result, rows, verb: str = "build") -> None:
 
 
 def _cmd_eval(args) -> int:
+    from .jobs.build import BuildResult
     from .jobs.evaluation import reevaluate
     from .jobs.schema import load_job
     from .progress import Progress, RichProgress
@@ -63,12 +64,7 @@ def _cmd_eval(args) -> int:
     job = load_job(args.job, args.set or [])
     progress = Progress() if args.quiet else RichProgress(_console(stderr=True))
     folder, report = reevaluate(job, Path(args.out).resolve() if args.out else None, progress)
-
-    class _Result:
-        out_dir = folder
-
-    _Result.report = report
-    _print_summary(_Result, headline_rows(report, intervals=False), verb="eval")
+    _print_summary(BuildResult(folder, report), headline_rows(report, intervals=False), verb="eval")
     return 0
 
 

@@ -101,7 +101,7 @@ class TensorStats:
         self.count += x.size
         if stride > 1:
             x = x.reshape(len(x), -1)[:, ::stride]
-        self._coarsen_to(_exp_for(max(abs(lo), abs(hi), self.absmax)))
+        self._coarsen_to(_exp_for(self.absmax))
         if self.exp == _EMPTY_EXP:  # only zeros so far
             self.hist[0] += x.size
             return

@@ -28,6 +28,7 @@ from ..errors import JobError, ModelError
 from ..model import InputSpec, input_specs, load_model, output_names
 from ..progress import Progress
 from ..quant.qdq import QuantPlan, insert_qdq, name_nodes, plan_quantization
+from ..quant.weights import QMAX_BY_BITS
 from ..report.writer import write_json, write_markdown
 from ..scales import safe_amax
 from .evaluation import evaluate
@@ -103,7 +104,8 @@ def _collect_stats(job: Job, model: onnx.ModelProto, plan: QuantPlan, inputs: li
 
 
 def _calibrate(job: Job, model: onnx.ModelProto, plan: QuantPlan, inputs: list[InputSpec], source: Source,
-               progress: Progress, root: Path, model_sha: str, reuse: bool) -> tuple[dict, dict]:
+               progress: Progress, root: Path, model_sha: str, reuse: bool) -> tuple[dict, dict, dict]:
+    """(ranges, report info, per-channel input means for bias correction)."""
     spec = job.calibration
     t0 = time.perf_counter()
     key = stats_store.stats_key(model_sha, plan.activations, spec.model_dump(mode="json"), source.files)
@@ -124,7 +126,7 @@ def _calibrate(job: Job, model: onnx.ModelProto, plan: QuantPlan, inputs: list[I
             "passes": collected["passes"], "reused_statistics": stored is not None, "tensors": len(ranges),
             "data_fingerprint": collected["data_fingerprint"], "source": source.description,
             "batch_size": spec.batch_size, "skip": spec.skip}
-    means = {t: st.channel_mean() for t, st in stats.items() if st.channel_mean() is not None}
+    means = {t: m for t, st in stats.items() if (m := st.channel_mean()) is not None}
     return ranges, info, means
 
 
@@ -159,7 +161,8 @@ def build(job: Job, out_root: Path | None = None, progress: Progress | None = No
     eval_source = open_source(job.evaluation, inputs, "evaluation") if job.evaluation else None
     cpu = ort_backend.cpu_info()
     bits = job.quantization.weight_bits
-    weight_qmax = {7: 64, 8: 127}[bits] if bits != "auto" else (127 if cpu["vnni"] else 64)
+    weight_bits = bits if bits != "auto" else (8 if cpu["vnni"] else 7)
+    weight_qmax = QMAX_BY_BITS[weight_bits]
     root = Path(out_root) if out_root is not None else job.output
     model_sha = _sha256(job.model)
 
@@ -182,7 +185,7 @@ def build(job: Job, out_root: Path | None = None, progress: Progress | None = No
             ort_qdq = insert_qdq(model, plan, ranges, "onnxruntime", weight_qmax, wmethod, means)
             kernels = ort_backend.build_engine(ort_qdq, stage / ORT_ENGINE)
             engine = {"path": ORT_ENGINE, "kind": "onnxruntime-cpu", "kernels": kernels,
-                      "weight_bits": 8 if weight_qmax == 127 else 7, "optimized_for": cpu}
+                      "weight_bits": weight_bits, "optimized_for": cpu}
         report = {
             "schema_version": 1,
             "job": job.model_dump(mode="json", by_alias=True),

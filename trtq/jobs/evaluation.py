@@ -20,6 +20,7 @@ from ..model import InputSpec, input_specs, load_model
 from ..plugins import import_callable
 from ..progress import Progress
 from ..quant.qdq import QuantPlan, insert_qdq, name_nodes, plan_quantization
+from ..quant.weights import QMAX_BY_BITS
 from ..report import plots
 from ..report.writer import write_json, write_markdown
 from .schema import Job
@@ -146,7 +147,7 @@ def reevaluate(job: Job, out_root: Path | None, progress: Progress) -> tuple[Pat
     inputs = input_specs(model)
     plan = plan_quantization(model, job.quantization.exclude_ops, job.quantization.exclude_nodes)
     ranges = {k: {"amax": v["amax"], "min": v["min"], "max": v["max"]} for k, v in ranges_doc["tensors"].items()}
-    qmax = 127 if report["engine"].get("weight_bits", 8) == 8 else 64
+    qmax = QMAX_BY_BITS[report["engine"].get("weight_bits", 8)]
     means = None
     if (folder / MEANS).is_file():
         with np.load(folder / MEANS) as z:

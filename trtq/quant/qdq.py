@@ -236,7 +236,7 @@ def insert_qdq(model: onnx.ModelProto, plan: QuantPlan, ranges: dict[str, dict[s
                 node.input[i] = activation_pair(name)
         q = by_node.get(node.name)
         if q is not None:
-            activation_pair(q.activation)
+            act_in = activation_pair(q.activation)
             bias = numpy_helper.to_array(inits[q.bias]) if q.bias is not None else None
             if q.weight not in weight_dq:
                 w = numpy_helper.to_array(inits[q.weight])
@@ -259,14 +259,13 @@ def insert_qdq(model: onnx.ModelProto, plan: QuantPlan, ranges: dict[str, dict[s
                                               name=f"{q.weight}_DequantizeLinear", axis=q.axis))
                 weight_dq[q.weight] = (dqo, scales)
                 replaced.add(q.weight)
-            node.input[0] = act_dq[q.activation][0]
+            node.input[0] = act_in
             node.input[1] = weight_dq[q.weight][0]
-            if flavor == "onnxruntime" and q.bias is not None and uses.get(q.bias) == 1:
-                b = corrected.get(q.bias, numpy_helper.to_array(inits[q.bias]))
+            if flavor == "onnxruntime" and bias is not None and uses.get(q.bias) == 1:
                 w_scales = weight_dq[q.weight][1]
-                if b.ndim == 1 and b.shape[0] == w_scales.shape[0]:
+                if bias.ndim == 1 and bias.shape[0] == w_scales.shape[0]:  # bias is corrected when that applies
                     bs = (np.float32(act_dq[q.activation][1]) * w_scales).astype(np.float32)
-                    bq = np.clip(np.rint(b.astype(np.float64) / bs), -(2**31), 2**31 - 1).astype(np.int32)
+                    bq = np.clip(np.rint(bias.astype(np.float64) / bs), -(2**31), 2**31 - 1).astype(np.int32)
                     qb = const(f"{q.bias}_quantized", bq)
                     bsn = const(f"{q.bias}_scale", bs)
                     bz = const(f"{q.bias}_zero_point", np.zeros(bs.shape, np.int32))

@@ -7,6 +7,7 @@ import numpy as np
 from ..scales import safe_amax_array
 
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+QMAX_BY_BITS = {7: 64, 8: 127}  # symmetric weight range per bit width (7: no u8×s8 int16 saturation)
 
 
 def weight_axis(op_type: str, attrs: dict, weight_ndim: int) -> int:
