@@ -159,6 +159,29 @@ def _cmd_cache(args) -> int:
     return 0
 
 
+def _cmd_doctor(args) -> int:
+    import functools
+
+    from .backends.tensorrt import doctor
+
+    facts = doctor()
+    if args.json:
+        import json
+
+        print(json.dumps(facts, indent=2))
+        return 0
+    out = _console()
+    out.print = functools.partial(out.print, markup=False)  # TensorRT's hints contain 'trtq[tensorrt]'
+    out.print(f"onnxruntime {facts['onnxruntime']}, providers: {', '.join(facts['onnxruntime_providers'])}")
+    out.print(f"TensorRT: {facts['tensorrt'] or 'not available — ' + facts['tensorrt_error']}")
+    out.print(f"CUDA binding: {facts['cuda_binding'] or 'none'}")
+    gpu = facts["gpu"]
+    out.print("GPU: " + (f"{gpu['name']} (compute capability {gpu['compute_capability']}, {gpu['memory_mb']} MB, "
+                         f"driver CUDA {gpu['driver']})" if gpu else f"none — {facts['gpu_error']}"))
+    out.print("this machine can build: " + "; ".join(facts["allows"]))
+    return 0
+
+
 def make_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -207,6 +230,9 @@ def make_parser() -> argparse.ArgumentParser:
     fr.add_argument("--algorithm", default="EntropyCalibration2",
                     choices=["EntropyCalibration2", "EntropyCalibration", "MinMaxCalibration", "LegacyCalibration"])
     c.set_defaults(func=_cmd_cache)
+    d = sub.add_parser("doctor", help="what this machine has (TensorRT, CUDA, GPU, onnxruntime) and what it allows")
+    d.add_argument("--json", action="store_true", help="print the facts as JSON")
+    d.set_defaults(func=_cmd_doctor)
     return p
 
 

@@ -1,14 +1,25 @@
-"""TensorRT backend entry point. ``tensorrt`` is imported lazily, here only, so trtq imports
-and runs on machines without it."""
+"""TensorRT backend: from a build's Q/DQ model (or FP32 model + calibrator) to ``engine.plan``,
+and the runners the evaluator uses. ``tensorrt`` and the CUDA binding are imported lazily, here
+only, so trtq imports and runs on machines without them.
+"""
 
 from __future__ import annotations
 
 import importlib
+import re
+from pathlib import Path
 
-from ..errors import BackendError
+import numpy as np
+import onnx
+
+from ..calib import cache as trt_cache
+from ..errors import BackendError, JobError
+from ..model import InputSpec
 
 INSTALL_HINT = ("install the GPU extra on a machine with an NVIDIA GPU (pip install 'trtq[tensorrt]'), "
                 "or set quantization.target: onnxruntime to build the CPU engine")
+PLAN = "engine.plan"
+TRT_CACHE = "calibration.tensorrt.cache"  # the cache TensorRT itself wrote (implicit mode, source: tensorrt)
 
 
 def require_tensorrt():
@@ -17,11 +28,175 @@ def require_tensorrt():
         return importlib.import_module("tensorrt")
     except ImportError:
         raise BackendError(f"quantization.target: tensorrt needs TensorRT, which is not installed; {INSTALL_HINT}") from None
+    except OSError as exc:  # the bindings import but TensorRT's libraries do not load
+        raise BackendError(f"TensorRT's libraries do not load ({str(exc).splitlines()[0]}); {INSTALL_HINT}") from None
 
 
-def check_available() -> None:
+def version_number(version: str) -> str:
+    """TensorRT's ``NV_TENSORRT_VERSION`` for a version string, as written in cache headers:
+    major·1000 + minor·100 + patch before 10.0 (8.6.1 → 8601), major·10000 + minor·100 + patch
+    from 10.0 on (NvInferVersion.h's ``NV_TENSORRT_VERSION_INT``; 10.3.0 → 100300)."""
+    m = re.match(r"^(\d+)\.(\d+)\.(\d+)", version)
+    if not m:
+        raise ValueError(f"not a TensorRT version: {version!r}")
+    major, minor, patch = map(int, m.groups())
+    return str(major * (10000 if major >= 10 else 1000) + minor * 100 + patch)
+
+
+def check_job(job, trt) -> None:
+    """Refuse what this TensorRT cannot do, before any work."""
+    from ..trt.builder import major_version
+
+    if job.tensorrt.mode == "implicit" and major_version(trt) >= 11:
+        raise JobError(f"tensorrt.mode: implicit needs TensorRT 10.x or older; TensorRT {trt.__version__} removed "
+                       "implicit INT8 (calibrators, BuilderFlag.INT8) — use mode: explicit (the Q/DQ model)")
+
+
+def _options(job):
+    from ..trt.builder import BuildOptions, Profile
+
+    t = job.tensorrt
+    return BuildOptions(mode=t.mode, workspace_mb=t.workspace_mb, optimization_level=t.optimization_level,
+                        timing_cache=t.timing_cache, dla_core=t.dla_core,
+                        profiles={k: Profile(tuple(p.min), tuple(p.opt), tuple(p.max)) for k, p in t.profiles.items()})
+
+
+def _batch_sizes(job) -> list[int]:
+    sizes = [job.calibration.batch_size]
+    if job.evaluation is not None:
+        sizes += [job.evaluation.batch_size, *job.evaluation.latency.batch_sizes]
+    return sizes
+
+
+def calibration_specs(job, inputs: list[InputSpec]):
+    """The shape and dtype each input is calibrated at (implicit mode)."""
+    from ..trt.feeder import FeedSpec
+
+    specs = []
+    for spec in inputs:
+        given = job.tensorrt.calibration_shapes.get(spec.name)
+        if given is not None:
+            shape = tuple(given)
+            if len(shape) != len(spec.shape) or any(s is not None and s != d for s, d in zip(spec.shape, shape)):
+                raise JobError(f"tensorrt.calibration_shapes.{spec.name}: {list(shape)} does not fit the input's shape "
+                               f"{[s if s is not None else -1 for s in spec.shape]}")
+        else:
+            if any(s is None for s in spec.shape[1:]):
+                raise JobError(f"tensorrt.calibration_shapes.{spec.name}: input '{spec.name}' has dynamic dimensions "
+                               "beyond the batch; give the shape to calibrate at")
+            shape = (job.calibration.batch_size, *spec.shape[1:])
+        specs.append(FeedSpec(spec.name, shape, np.dtype(spec.dtype)))
+    return specs
+
+
+def build_plan(job, stage: Path, model: onnx.ModelProto, ranges: dict, inputs: list[InputSpec], calibration_batches,
+               kept_fp32: list[str], progress) -> dict:
+    """Build ``stage/engine.plan`` (+ ``engine.plan.json``); the report's ``engine`` section."""
+    from .. import __version__
+    from ..trt.builder import build_serialized
+    from ..trt.cuda import DeviceAllocator, cuda_runtime
+    from ..trt.feeder import CalibrationFeeder, full_batches
+    from ..trt.implicit import ImplicitSetup
+    from ..trt.plan import write_plan
+
     trt = require_tensorrt()
-    raise BackendError(
-        f"quantization.target: tensorrt: TensorRT {getattr(trt, '__version__', '?')} is installed, but trtq's .plan "
-        "builder is not part of this release; build model.int8.onnx from a target: onnxruntime job with "
-        "'trtexec --onnx=model.int8.onnx --stronglyTyped', or set quantization.target: onnxruntime")
+    check_job(job, trt)
+    rt = cuda_runtime()
+    gpu = rt.device()
+    options = _options(job)
+    implicit = None
+    onnx_path = stage / "model.int8.onnx"
+    dropped: list[int] = []
+    tmp_fp32 = None
+    if job.tensorrt.mode == "implicit":
+        tmp_fp32 = stage / ".model.fp32.onnx"
+        onnx.save(model, str(tmp_fp32))
+        onnx_path = tmp_fp32
+        cal = job.calibrator
+        kind = "minmax" if cal.method == "minmax" else "entropy"
+        algorithm = "MinMaxCalibration" if kind == "minmax" else "EntropyCalibration2"
+        version = cal.cache_version if "cache_version" in cal.model_fields_set else version_number(trt.__version__)
+        specs = calibration_specs(job, inputs)
+        if cal.source == "trtq":
+            cache = trt_cache.dumps(trt_cache.from_ranges({k: v["amax"] for k, v in ranges.items()}, version, algorithm))
+            feeder = CalibrationFeeder([], specs, DeviceAllocator(rt), cache_in=cache.encode(), cache_only=True)
+        else:
+            feeder = CalibrationFeeder(full_batches(calibration_batches(), specs[0].shape[0], dropped), specs,
+                                       DeviceAllocator(rt), cache_out=stage / TRT_CACHE)
+        implicit = ImplicitSetup(feeder, kind, {s.name: s.shape for s in specs}, tuple(kept_fp32),
+                                 f"TRT-{version}-{algorithm}")
+    try:
+        with progress.task(f"building TensorRT engine ({job.tensorrt.mode})", None):
+            data, facts = build_serialized(trt, onnx_path, options, _batch_sizes(job), implicit)
+    finally:
+        if tmp_fp32 is not None:
+            tmp_fp32.unlink(missing_ok=True)
+    meta = write_plan(stage / PLAN, data, {"tensorrt_version": facts["tensorrt_version"], "gpu": gpu,
+                                           "mode": facts["mode"], "trtq": __version__, "hardware_compatible": False})
+    engine = {"path": PLAN, "kind": "tensorrt", **facts, "gpu": gpu, "sha256": meta["sha256"], "bytes": meta["bytes"]}
+    if implicit is not None:
+        engine["calibration"] = {"source": job.calibrator.source, "cache_header": implicit.cache_header,
+                                 "batches": implicit.feeder.batches_served, "dropped_samples": sum(dropped)}
+    return engine
+
+
+def load_runner(plan: Path):
+    """An :class:`~trtq.trt.runner.EngineRunner` for ``plan`` after checking it fits this machine."""
+    from ..trt.cuda import cuda_runtime
+    from ..trt.plan import check_compatible, read_meta
+    from ..trt.runner import EngineRunner
+
+    trt = require_tensorrt()
+    meta = read_meta(plan)
+    rt = cuda_runtime()
+    data = check_compatible(plan, meta, str(trt.__version__), rt.device())
+    return EngineRunner(trt, data, rt)
+
+
+def fp32_runner(model: onnx.ModelProto, stage: Path, job):
+    """A strongly typed FP32 engine of the original model (the latency baseline), not kept."""
+    from ..trt.builder import build_serialized
+    from ..trt.cuda import cuda_runtime
+    from ..trt.runner import EngineRunner
+
+    trt = require_tensorrt()
+    path = stage / ".model.fp32.onnx"
+    onnx.save(model, str(path))
+    try:
+        options = _options(job)
+        options.timing_cache = None
+        data, _ = build_serialized(trt, path, options, _batch_sizes(job))
+    finally:
+        path.unlink(missing_ok=True)
+    return EngineRunner(trt, data, cuda_runtime())
+
+
+def doctor() -> dict:
+    """What this machine has for trtq's targets, and what that allows."""
+    import onnxruntime as ort
+
+    facts: dict = {"onnxruntime": ort.__version__, "onnxruntime_providers": ort.get_available_providers()}
+    try:
+        trt = require_tensorrt()
+        facts["tensorrt"] = str(trt.__version__)
+    except BackendError as exc:
+        facts["tensorrt"] = None
+        facts["tensorrt_error"] = str(exc)
+    try:
+        from ..trt.cuda import cuda_runtime
+
+        rt = cuda_runtime()
+        facts["cuda_binding"] = rt.binding
+        facts["gpu"] = rt.device()
+    except BackendError as exc:
+        facts.setdefault("cuda_binding", None)
+        facts["gpu"] = None
+        facts["gpu_error"] = str(exc)
+    allows = ["target: onnxruntime (INT8 engine on this CPU)"]
+    if facts.get("tensorrt") and facts.get("gpu"):
+        major = int(facts["tensorrt"].split(".")[0])
+        allows.append("target: tensorrt, mode: explicit (strongly typed Q/DQ .plan)")
+        if major < 11:
+            allows.append("target: tensorrt, mode: implicit (INT8 flag + trtq's calibrators)")
+    facts["allows"] = allows
+    return facts

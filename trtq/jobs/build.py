@@ -27,6 +27,7 @@ from ..data.sources import Source, batches, open_source, planned_count, prefetch
 from ..errors import JobError, ModelError
 from ..model import InputSpec, input_specs, load_model, output_names
 from ..progress import Progress
+from ..quant.precision import cast_nodes_fp16
 from ..quant.qdq import QuantPlan, insert_qdq, name_nodes, plan_quantization
 from ..quant.weights import QMAX_BY_BITS
 from ..report.writer import write_json, write_markdown
@@ -144,11 +145,48 @@ def _write_ranges(stage: Path, ranges: dict, info: dict, model_sha: str, job: Jo
     (stage / CACHE).write_text(trt_cache.dumps(cache))
 
 
+def _engine_extras(engine: dict) -> list[str]:
+    if engine.get("kind") != "tensorrt":
+        return []
+    extras = [engine["path"] + ".json"]
+    if engine.get("calibration", {}).get("source") == "tensorrt":
+        extras.append(trt_backend.TRT_CACHE)
+    return extras
+
+
+def trt_evaluation(job: Job, model: onnx.ModelProto, qdq_model: onnx.ModelProto, plan: QuantPlan,
+                   inputs: list[InputSpec], stage: Path, progress: Progress, engine: dict) -> dict:
+    """Evaluate ``engine.plan``: accuracy against FP32 (ONNX Runtime), latency against a strongly
+    typed FP32 engine of the same model on the same GPU (CUDA events), and the engine inspector's
+    view of which layers run in INT8."""
+    from ..evaluate.latency import summarize
+    from ..trt.inspect import summarize as summarize_layers
+
+    lspec = job.evaluation.latency
+    with trt_backend.load_runner(stage / engine["path"]) as int8, \
+            trt_backend.fp32_runner(model, stage, job) as fp32_trt:
+        engine["inspection"] = summarize_layers(int8.inspect())
+        gpu: dict = {"fp32": {}, "int8": {}}
+
+        def timer(feeds):
+            bs = len(next(iter(feeds.values())))
+            out = {}
+            for side, runner in (("fp32", fp32_trt), ("int8", int8)):
+                t = runner.time(feeds, lspec.warmup, lspec.iterations, lspec.duration_s)
+                gpu[side][str(bs)] = summarize(t["gpu_compute"], bs)
+                out[side] = t["latency"]
+            return out
+
+        result = evaluate(job, model, qdq_model, plan, int8, inputs, stage, progress, timer)
+    result["gpu_compute"] = gpu
+    return result
+
+
 def build(job: Job, out_root: Path | None = None, progress: Progress | None = None, reuse: bool = True) -> BuildResult:
     progress = progress or Progress()
     target = job.quantization.target
     if target == "tensorrt":
-        trt_backend.check_available()
+        trt_backend.check_job(job, trt_backend.require_tensorrt())
     model = load_model(job.model, job.input_shapes)
     name_nodes(model)
     inputs = input_specs(model)
@@ -174,10 +212,21 @@ def build(job: Job, out_root: Path | None = None, progress: Progress | None = No
             np.savez(stage / MEANS, **means)
         else:
             means = None
-        onnx.save(insert_qdq(model, plan, ranges, "tensorrt", weight_method=wmethod, input_means=means),
-                  str(stage / QDQ_MODEL))
+        trt_qdq = insert_qdq(model, plan, ranges, "tensorrt", weight_method=wmethod, input_means=means)
+        kept = [node for node, _ in plan.kept_fp32]
+        if target == "tensorrt" and job.quantization.keep_precision == "fp16" and kept:
+            trt_qdq = cast_nodes_fp16(trt_qdq, kept)
+        onnx.save(trt_qdq, str(stage / QDQ_MODEL))
         engine: dict = {}
         ort_qdq = None
+        if target == "tensorrt":
+            def calibration_feeds():
+                src = open_source(job.calibration, inputs, "calibration")
+                for batch in batches(src, inputs, job.calibration.batch_size, "calibration", job.calibration.skip,
+                                     job.calibration.max_samples):
+                    yield batch.feeds
+
+            engine = trt_backend.build_plan(job, stage, model, ranges, inputs, calibration_feeds, kept, progress)
         if target == "onnxruntime":
             if bits == "auto" and not cpu["vnni"]:
                 progress.note("CPU without VNNI: ONNX Runtime engine uses 7-bit weights to avoid int16 saturation "
@@ -203,10 +252,14 @@ def build(job: Job, out_root: Path | None = None, progress: Progress | None = No
                              "activation_tensors": len(plan.activations)},
             "engine": engine,
             "artifacts": [QDQ_MODEL, CACHE, RANGES] + ([MEANS] if means is not None else [])
-                         + ([ORT_ENGINE] if engine else []) + ["report.json", "report.md"],
+                         + ([engine["path"]] if engine else []) + _engine_extras(engine) + ["report.json", "report.md"],
         }
         if eval_source is not None:
-            report.update(evaluate(job, model, ort_qdq, plan, stage / ORT_ENGINE, inputs, stage, progress))
+            if target == "tensorrt":
+                report.update(trt_evaluation(job, model, trt_qdq, plan, inputs, stage, progress, engine))
+            else:
+                int8 = ort_backend.load_engine(stage / ORT_ENGINE, threads=job.evaluation.latency.threads)
+                report.update(evaluate(job, model, ort_qdq, plan, int8, inputs, stage, progress))
             report["artifacts"] += report["plots"]
         write_json(report, stage / "report.json")
         write_markdown(report, stage / "report.md")

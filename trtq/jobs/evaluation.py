@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -35,14 +36,25 @@ def _latency_feeds(first: dict[str, np.ndarray], batch_size: int) -> dict[str, n
     return out
 
 
-def evaluate(job: Job, model: onnx.ModelProto, qdq_model: onnx.ModelProto, plan: QuantPlan, engine: Path,
-             inputs: list[InputSpec], folder: Path, progress: Progress) -> dict:
+Timer = Callable[[dict], dict]
+
+
+def evaluate(job: Job, model: onnx.ModelProto, qdq_model: onnx.ModelProto, plan: QuantPlan, int8: Callable,
+             inputs: list[InputSpec], folder: Path, progress: Progress, timer: Timer | None = None) -> dict:
     """Report sections ``fp32``, ``int8``, ``latency_ratio``, ``per_layer``, ``plots``;
-    plots are written into ``folder``."""
+    plots are written into ``folder``.
+
+    ``int8`` runs the INT8 engine (``int8(feeds, names)`` → outputs); accuracy compares it with
+    the FP32 model in ONNX Runtime. ``timer(feeds)`` → ``{"fp32": [ms…], "int8": [ms…]}`` times
+    both sides; by default the FP32 model and ``int8`` in ONNX Runtime, interleaved."""
     spec = job.evaluation
     threads = spec.latency.threads
     fp32 = ort_backend.Runner(ort_backend.session(model, threads=threads))
-    int8 = ort_backend.load_engine(engine, threads=threads)
+    lspec = spec.latency
+    if timer is None:
+        def timer(feeds):
+            return interleaved({"fp32": lambda: fp32(feeds), "int8": lambda: int8(feeds)},
+                               lspec.warmup, lspec.iterations, lspec.duration_s)
     names = fp32.output_names
     accs = {n: AccuracyAccumulator(spec.top_k) for n in names}
     metric = import_callable(spec.metric, "evaluation.metric") if spec.metric else None
@@ -84,12 +96,9 @@ def evaluate(job: Job, model: onnx.ModelProto, qdq_model: onnx.ModelProto, plan:
 
     lat: dict = {"fp32": {}, "int8": {}}
     raw: dict = {}
-    lspec = spec.latency
     with progress.task("measuring latency", len(lspec.batch_sizes)) as advance:
         for bs in lspec.batch_sizes:
-            feeds = _latency_feeds(first, bs)
-            times = interleaved({"fp32": lambda: fp32(feeds), "int8": lambda: int8(feeds)},  # noqa: B023
-                                lspec.warmup, lspec.iterations, lspec.duration_s)
+            times = timer(_latency_feeds(first, bs))
             raw[str(bs)] = times
             for side in ("fp32", "int8"):
                 lat[side][str(bs)] = summarize(times[side], bs)
@@ -153,7 +162,8 @@ def reevaluate(job: Job, out_root: Path | None, progress: Progress) -> tuple[Pat
         with np.load(folder / MEANS) as z:
             means = {k: z[k] for k in z.files}
     qdq = insert_qdq(model, plan, ranges, "onnxruntime", qmax, report["quantization"].get("weight_method", "max"), means)
-    result = evaluate(job, model, qdq, plan, folder / ORT_ENGINE, inputs, folder, progress)
+    int8 = ort_backend.load_engine(folder / ORT_ENGINE, threads=job.evaluation.latency.threads)
+    result = evaluate(job, model, qdq, plan, int8, inputs, folder, progress)
     for key in ("per_layer", "custom_metric"):
         report.pop(key, None)
     report.update(result)

@@ -78,6 +78,9 @@ class CalibratorSpec(_Strict):
     cache_algorithm: Literal[
         "EntropyCalibration2", "EntropyCalibration", "MinMaxCalibration", "LegacyCalibration"
     ] = "EntropyCalibration2"
+    source: Literal["trtq", "tensorrt"] = Field("trtq", description="TensorRT 10.x implicit mode: 'trtq' hands TensorRT "
+                                               "trtq's ranges through the cache; 'tensorrt' lets TensorRT calibrate "
+                                               "(entropy or minmax) on the streamed batches")
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -87,6 +90,9 @@ class CalibratorSpec(_Strict):
             raise ValueError("give either 'method' or 'class', not both")
         if self.class_ is not None and ":" not in self.class_:
             raise ValueError("class must look like 'file.py:Class' or 'package.module:Class'")
+        if self.source == "tensorrt" and (self.class_ is not None or self.method not in ("entropy", "minmax")):
+            raise ValueError("source: tensorrt runs TensorRT's own calibrator, which is entropy or minmax; "
+                             "set method to one of those, or source: trtq")
         return self
 
 
@@ -98,6 +104,28 @@ class QuantizationSpec(_Strict):
     bias_correction: bool = Field(True, description="fold the mean output shift of weight quantization into each bias")
     exclude_ops: tuple[str, ...] = ()
     exclude_nodes: tuple[str, ...] = ()
+    keep_precision: Literal["fp32", "fp16"] = Field("fp32", description="precision of the layers kept out of INT8 in "
+                                                    "the TensorRT model (cast in the graph: strong typing)")
+
+
+class ProfileSpec(_Strict):
+    min: tuple[int, ...]
+    opt: tuple[int, ...]
+    max: tuple[int, ...]
+
+
+class TensorRTSpec(_Strict):
+    """Builder options for ``quantization.target: tensorrt``."""
+
+    mode: Literal["explicit", "implicit"] = Field("explicit", description="explicit: the Q/DQ model, strongly typed "
+                                                  "(10.x and 11.x); implicit: FP32 model + INT8 flag + calibrator (10.x)")
+    workspace_mb: int | None = Field(None, ge=1, description="workspace memory pool limit (default: TensorRT's)")
+    optimization_level: int = Field(3, ge=0, le=5, description="builder optimization level")
+    timing_cache: Path | None = Field(None, description="timing cache file, read if present and updated after the build")
+    profiles: dict[str, ProfileSpec] = Field(default_factory=dict, description="min/opt/max shape per dynamic input")
+    calibration_shapes: dict[str, tuple[int, ...]] = Field(default_factory=dict, description="implicit mode: the shape "
+                                                           "each input is calibrated at (default: calibration.batch_size)")
+    dla_core: int | None = Field(None, ge=0, description="run on this DLA core with GPU fallback (default: GPU only)")
 
 
 class LatencySpec(_Strict):
@@ -129,6 +157,7 @@ class Job(_Strict):
     calibration: DataSpec
     calibrator: CalibratorSpec = CalibratorSpec()
     quantization: QuantizationSpec = QuantizationSpec()
+    tensorrt: TensorRTSpec = TensorRTSpec()
     evaluation: EvaluationSpec | None = None
     output: Path = Path("engines")
 
@@ -136,7 +165,7 @@ class Job(_Strict):
 PATH_KEYS = {
     ("model",), ("output",),
     ("calibration", "path"), ("calibration", "labels"),
-    ("evaluation", "path"), ("evaluation", "labels"),
+    ("evaluation", "path"), ("evaluation", "labels"), ("tensorrt", "timing_cache"),
 }
 
 

@@ -72,6 +72,27 @@ def headline_rows(report: dict, intervals: bool = True) -> list[tuple[str, str, 
     return rows
 
 
+def _tensorrt_lines(report: dict, eng: dict) -> list[str]:
+    gpu = eng.get("gpu", {})
+    lines = [f"- engine `{eng['path']}`: TensorRT {eng['tensorrt_version']}, {eng['mode']} mode"
+             f"{' (strongly typed)' if eng.get('strongly_typed') else ''}, built on {gpu.get('name', '?')} "
+             f"(compute capability {gpu.get('compute_capability', '?')}); it runs only there and with that TensorRT"]
+    ins = eng.get("inspection")
+    if ins and ins.get("detailed"):
+        lines.append(f"- engine inspector: {ins['int8_layers']} of {ins['compute_layers']} compute layers run in INT8, "
+                     f"{len(ins['fallback_layers'])} fell back to higher precision, "
+                     f"{len(ins['reformat_layers'])} reformat layers")
+        for f in ins["fallback_layers"][:20]:
+            lines.append(f"  - fallback: `{f['name']}` ({f['type']}, {f['precision']})")
+    gc = report.get("gpu_compute")
+    if gc:
+        lines += ["", "| GPU compute (CUDA events) | batch | p50 ms | p99 ms | mean ms |", "|---|---|---|---|---|"]
+        for side in ("fp32", "int8"):
+            for bs, st in gc.get(side, {}).items():
+                lines.append(f"| {side.upper()} | {bs} | {st['p50_ms']:.3f} | {st['p99_ms']:.3f} | {st['mean_ms']:.3f} |")
+    return lines
+
+
 def write_markdown(report: dict, path: Path) -> None:
     job = report["job"]
     cal = report["calibration"]
@@ -136,6 +157,8 @@ def write_markdown(report: dict, path: Path) -> None:
         k = eng["kernels"]
         lines.append(f"- engine `{eng['path']}`: {k['int8_weighted']} weighted ops run as INT8 kernels, "
                      f"{k['fp32_weighted']} in FP32 (weights {eng.get('weight_bits', 8)}-bit)")
+    if eng.get("kind") == "tensorrt":
+        lines += _tensorrt_lines(report, eng)
     m = report["machine"]
     lines += ["", "## Machine", "", f"- {m['cpu']} ({m['machine']}), VNNI: {'yes' if m['vnni'] else 'no'}, "
               f"threads: {report.get('threads') or 'onnxruntime default'}",

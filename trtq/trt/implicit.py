@@ -1,0 +1,54 @@
+"""TensorRT 8.6–10.x implicit INT8: the FP32 network, ``BuilderFlag.INT8`` and a calibrator.
+
+TensorRT 11 removed everything used here (the flag, ``int8_calibrator``, the calibration
+profile, per-layer precision constraints and the calibrator classes); the builder refuses
+implicit mode on 11.x before this module is touched.
+
+With ``calibrator.source: trtq`` the calibrator offers trtq's cache (ranges from whichever
+method the job chose) and serves no batches: if TensorRT asks for batches anyway it rejected
+the cache (its header names another TensorRT version or algorithm), and the build stops with
+that message rather than silently using TensorRT's own ranges. With ``source: tensorrt``
+TensorRT calibrates itself on the streamed batches and its cache is written beside the plan.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import BackendError
+from .calibrators import calibrator_class
+from .feeder import CalibrationFeeder
+
+
+@dataclass
+class ImplicitSetup:
+    feeder: CalibrationFeeder
+    kind: str  # 'entropy' or 'minmax'
+    calibration_shapes: dict[str, tuple[int, ...]]
+    keep_fp32: tuple[str, ...] = ()  # ONNX node names that must not run in INT8
+    cache_header: str = ""
+
+    def apply(self, trt, builder, network, config, shapes: dict[str, tuple[int, ...]]) -> None:
+        config.set_flag(trt.BuilderFlag.INT8)
+        self.calibrator = calibrator_class(trt, self.kind)(self.feeder)
+        config.int8_calibrator = self.calibrator
+        if any(-1 in s for s in shapes.values()):
+            profile = builder.create_optimization_profile()
+            for name, shape in self.calibration_shapes.items():
+                profile.set_shape(name, shape, shape, shape)
+            config.set_calibration_profile(profile)
+        if self.keep_fp32:
+            wanted = set(self.keep_fp32)
+            for i in range(network.num_layers):
+                layer = network.get_layer(i)
+                if layer.name in wanted:
+                    layer.precision = trt.float32
+                    for j in range(layer.num_outputs):
+                        layer.set_output_type(j, trt.float32)
+            config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
+
+    def check_cache_taken(self) -> None:
+        if self.feeder.cache_rejected:
+            raise BackendError(f"TensorRT ignored trtq's calibration cache (header '{self.cache_header}') and asked for "
+                               "batches; set calibrator.cache_version to this TensorRT's version number, or "
+                               "calibrator.source: tensorrt to let TensorRT calibrate")
