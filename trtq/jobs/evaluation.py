@@ -137,7 +137,7 @@ def _run_metric(fn, ref: str, kept: dict, names: list[str]) -> dict:
 
 def reevaluate(job: Job, out_root: Path | None, progress: Progress) -> tuple[Path, dict]:
     """``trtq eval``: evaluate an existing build again without rebuilding it."""
-    from .build import MEANS, ORT_ENGINE, RANGES, _sha256
+    from .build import MEANS, ORT_ENGINE, QDQ_MODEL, RANGES, _sha256, trt_evaluation
 
     if job.evaluation is None:
         raise JobError("evaluation: the job has no evaluation section; add one to evaluate")
@@ -146,8 +146,6 @@ def reevaluate(job: Job, out_root: Path | None, progress: Progress) -> tuple[Pat
     if not report_path.is_file() or not (folder / RANGES).is_file():
         raise JobError(f"{folder}: no build of job '{job.name}' there; run 'trtq build' first (or give --out)")
     report = json.loads(report_path.read_text())
-    if report["quantization"]["target"] != "onnxruntime":
-        raise JobError(f"{folder}: only onnxruntime builds can be evaluated here")
     ranges_doc = json.loads((folder / RANGES).read_text())
     if ranges_doc["model_sha256"] != _sha256(job.model):
         raise JobError(f"{job.model}: the model changed since {folder} was built; rebuild with 'trtq build'")
@@ -155,6 +153,10 @@ def reevaluate(job: Job, out_root: Path | None, progress: Progress) -> tuple[Pat
     name_nodes(model)
     inputs = input_specs(model)
     plan = plan_quantization(model, job.quantization.exclude_ops, job.quantization.exclude_nodes)
+    if report["quantization"]["target"] == "tensorrt":
+        engine = report["engine"]
+        result = trt_evaluation(job, model, onnx.load(str(folder / QDQ_MODEL)), plan, inputs, folder, progress, engine)
+        return _rewrite_report(job, folder, report, result)
     ranges = {k: {"amax": v["amax"], "min": v["min"], "max": v["max"]} for k, v in ranges_doc["tensors"].items()}
     qmax = QMAX_BY_BITS[report["engine"].get("weight_bits", 8)]
     means = None
@@ -164,7 +166,11 @@ def reevaluate(job: Job, out_root: Path | None, progress: Progress) -> tuple[Pat
     qdq = insert_qdq(model, plan, ranges, "onnxruntime", qmax, report["quantization"].get("weight_method", "max"), means)
     int8 = ort_backend.load_engine(folder / ORT_ENGINE, threads=job.evaluation.latency.threads)
     result = evaluate(job, model, qdq, plan, int8, inputs, folder, progress)
-    for key in ("per_layer", "custom_metric"):
+    return _rewrite_report(job, folder, report, result)
+
+
+def _rewrite_report(job: Job, folder: Path, report: dict, result: dict) -> tuple[Path, dict]:
+    for key in ("per_layer", "custom_metric", "gpu_compute"):
         report.pop(key, None)
     report.update(result)
     report["job"]["evaluation"] = job.evaluation.model_dump(mode="json", by_alias=True)
