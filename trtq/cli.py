@@ -159,6 +159,43 @@ def _cmd_cache(args) -> int:
     return 0
 
 
+def _cmd_run(args) -> int:
+    from rich.table import Table
+
+    from .jobs import run as runner
+    from .jobs.sweep import load_jobs
+
+    jobs = load_jobs(args.paths, args.set or [])
+    out_root = Path(args.out).resolve() if args.out else None
+    err = _console(stderr=True)
+    if args.ray:
+        from .jobs.ray_cluster import RayExecutor
+
+        executor = RayExecutor(args.ray, args.ray_cpus)
+    else:
+        executor = runner.LocalExecutor(args.workers)
+    say = (lambda s: None) if args.quiet else (lambda s: err.print(s, markup=False, highlight=False))
+    say(f"{len(jobs)} job(s); " + (f"Ray at {args.ray}" if args.ray else f"{executor.workers} build worker(s), "
+                                  "evaluations one at a time"))
+    items = runner.run(jobs, out_root, args.force, executor, say=say)
+    doc = runner.summary(items)
+    folder = out_root or Path(jobs[0][1].output)
+    runner.write_summary(doc, folder)
+    table = Table(title=f"trtq run → {folder}/summary.md", title_justify="left")
+    for col in ("job", "status", "method", "FP32 top-1", "INT8 top-1", "agreement", "SQNR dB", "latency"):
+        table.add_column(col, justify="left" if col in ("job", "status", "method") else "right")
+    for r in doc["jobs"]:
+        lat = "—" if r["latency_ratio"] is None else f"{r['latency_ratio']:.2f}×"
+        table.add_row(r["job"], r["status"], r["method"], runner._pct(r["fp32_top1"]), runner._pct(r["int8_top1"]),
+                      runner._pct(r["agreement"]), "—" if r["sqnr_db"] is None else f"{r['sqnr_db']:.1f}", lat)
+    out = _console()
+    out.print(table)
+    failed = [r for r in doc["jobs"] if r["status"] == "failed"]
+    for r in failed:
+        print(f"trtq: {r['job']} failed: {r['error']}", file=sys.stderr)
+    return min(len(failed), 100)
+
+
 def _cmd_doctor(args) -> int:
     import functools
 
@@ -230,6 +267,16 @@ def make_parser() -> argparse.ArgumentParser:
     fr.add_argument("--algorithm", default="EntropyCalibration2",
                     choices=["EntropyCalibration2", "EntropyCalibration", "MinMaxCalibration", "LegacyCalibration"])
     c.set_defaults(func=_cmd_cache)
+    r = sub.add_parser("run", help="build many jobs (files, folders, sweeps) incrementally, locally or on Ray")
+    r.add_argument("paths", nargs="+", help="job files and folders of job files")
+    r.add_argument("--set", action="append", metavar="KEY.PATH=VALUE", help="override a key in every job (repeatable)")
+    r.add_argument("--out", help="output root for every job (default: each job's 'output'); summary.md goes here")
+    r.add_argument("--force", action="store_true", help="rebuild and re-evaluate even what is up to date")
+    r.add_argument("--workers", type=int, help="parallel builds (default: one per two cores, at most 4)")
+    r.add_argument("--ray", metavar="ADDRESS", help="run on Ray: 'local', 'auto' or a cluster address")
+    r.add_argument("--ray-cpus", type=int, default=1, help="CPUs each Ray build task asks for (default 1)")
+    r.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    r.set_defaults(func=_cmd_run)
     d = sub.add_parser("doctor", help="what this machine has (TensorRT, CUDA, GPU, onnxruntime) and what it allows")
     d.add_argument("--json", action="store_true", help="print the facts as JSON")
     d.set_defaults(func=_cmd_doctor)

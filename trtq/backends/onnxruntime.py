@@ -3,6 +3,7 @@ model optimized offline for this machine, so loading it does no re-optimization.
 
 from __future__ import annotations
 
+import os
 import platform
 from collections import Counter
 from pathlib import Path
@@ -22,6 +23,8 @@ def session(model: onnx.ModelProto | str | Path, threads: int | None = None, opt
             optimized_path: Path | None = None) -> ort.InferenceSession:
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    if not threads:  # 'trtq run' gives each parallel build worker its share of the cores
+        threads = int(os.environ.get("TRTQ_THREADS", "0")) or None
     opts.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
                                      else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
     if threads:

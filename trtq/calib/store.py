@@ -2,8 +2,8 @@
 them instead of running the model again — and a change of method only re-derives ranges.
 
 Statistics live in ``<output root>/.trtq-stats/<key>.npz``. The key hashes what determines
-them: the model bytes, the tensors collected, the data section (minus ``batch_size`` and
-``memory_budget_mb``, which cannot change the statistics) and, for file sources, each file's
+them: the model bytes, the tensors collected, the data section (minus ``batch_size``,
+``memory_budget_mb`` and ``shards``, which cannot change the statistics) and, for file sources, each file's
 name, size and modification time. Python loaders are never reused: trtq cannot see what they
 read.
 """
@@ -19,7 +19,7 @@ import numpy as np
 
 from .stats import TensorStats
 
-STATS_VERSION = 2  # 2: per-channel sums for bias correction
+STATS_VERSION = 3  # 2: per-channel sums for bias correction; 3: data fingerprint over per-sample digests
 FOLDER = ".trtq-stats"
 
 
@@ -27,7 +27,7 @@ def stats_key(model_sha: str, tensors: list[str], spec_dump: dict, files: list[P
     if spec_dump.get("loader"):
         return None
     h = hashlib.sha256()
-    spec = {k: v for k, v in spec_dump.items() if k not in ("batch_size", "memory_budget_mb")}
+    spec = {k: v for k, v in spec_dump.items() if k not in ("batch_size", "memory_budget_mb", "shards")}
     listing = []
     for f in files:
         st = f.stat()

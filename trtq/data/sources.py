@@ -212,12 +212,21 @@ def _check_sample(sample: Sample, inputs: list[InputSpec], section: str) -> dict
     return out
 
 
+def sample_digest(feeds: dict[str, np.ndarray]) -> bytes:
+    h = hashlib.sha256()
+    for k in sorted(feeds):
+        h.update(k.encode())
+        h.update(np.ascontiguousarray(feeds[k]).tobytes())
+    return h.digest()
+
+
 def batches(source: Source, inputs: list[InputSpec], batch_size: int, section: str,
             skip: int = 0, max_samples: int | None = None, digest: "hashlib._Hash | None" = None) -> Iterator[Batch]:
     """Check samples and stack them into batches of ``batch_size`` (the last one may be short).
 
-    ``digest``, when given, is updated with every sample's bytes in order, so the data
-    fingerprint does not depend on the batch size.
+    ``digest``, when given, is updated with every sample's SHA-256 (:func:`sample_digest`) in
+    order, so the data fingerprint depends neither on the batch size nor on how the samples
+    are split into shards (the shards' digests, concatenated, give the same hash).
     """
     stop = None if max_samples is None else skip + max_samples
     selected = itertools.islice(source, skip, stop)
@@ -233,9 +242,7 @@ def batches(source: Source, inputs: list[InputSpec], batch_size: int, section: s
     for sample in selected:
         feeds = _check_sample(sample, inputs, section)
         if digest is not None:
-            for k in sorted(feeds):
-                digest.update(k.encode())
-                digest.update(np.ascontiguousarray(feeds[k]).tobytes())
+            digest.update(sample_digest(feeds))
         buf.append((sample.id, feeds, sample.label))
         if len(buf) == batch_size:
             yield flush()

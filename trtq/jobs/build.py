@@ -33,6 +33,7 @@ from ..quant.weights import QMAX_BY_BITS
 from ..report.writer import write_json, write_markdown
 from ..scales import safe_amax
 from .evaluation import evaluate
+from . import shards
 from .output import staged_output
 from .schema import Job
 
@@ -72,12 +73,34 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _collect_sharded(job: Job, model: onnx.ModelProto, groups: list[list[str]], axes: dict, inputs: list[InputSpec],
+                     progress: Progress, shard_map) -> tuple[dict, dict]:
+    spec = job.calibration
+    count = planned_count(open_source(spec, inputs, "calibration"), spec.skip, spec.max_samples)
+    if count is None:
+        raise JobError("calibration.shards: sharding needs a data source whose size is known up front (an image "
+                       "folder or .npy/.npz) or calibration.max_samples; set shards: 1 for a loader")
+    parts = shards.bounds(spec.skip, count, spec.shards)
+    t0 = time.perf_counter()
+    job_json = job.model_dump(mode="json", by_alias=True)
+    model_bytes = model.SerializeToString()
+    with progress.task(f"calibrating ({len(parts)} shards)", len(parts)) as advance:
+        results = shard_map(shards.collect_shard, [(job_json, model_bytes, groups, axes, start, n,
+                                                    spec.histogram_stride) for start, n in parts])
+        advance(len(parts))
+    merged, fingerprint, samples = shards.merge_shards(results)
+    return merged, {"samples": samples, "collect_seconds": time.perf_counter() - t0, "passes": len(groups),
+                    "shards": len(parts), "data_fingerprint": fingerprint}
+
+
 def _collect_stats(job: Job, model: onnx.ModelProto, plan: QuantPlan, inputs: list[InputSpec],
-                   progress: Progress) -> tuple[dict, dict]:
-    """Run the FP32 model over the calibration data; one pass per tensor group."""
+                   progress: Progress, shard_map=None) -> tuple[dict, dict]:
+    """Run the FP32 model over the calibration data; one pass per tensor group (per shard)."""
     spec = job.calibration
     groups = group_tensors(model, plan.activations, spec.batch_size, spec.memory_budget_mb << 20)
     axes = plan.channel_axes()
+    if spec.shards > 1:
+        return _collect_sharded(job, model, groups, axes, inputs, progress, shard_map or shards.local_map)
     digest = hashlib.sha256()
     stats: dict = {}
     samples = 0
@@ -105,7 +128,7 @@ def _collect_stats(job: Job, model: onnx.ModelProto, plan: QuantPlan, inputs: li
 
 
 def _calibrate(job: Job, model: onnx.ModelProto, plan: QuantPlan, inputs: list[InputSpec], source: Source,
-               progress: Progress, root: Path, model_sha: str, reuse: bool) -> tuple[dict, dict, dict]:
+               progress: Progress, root: Path, model_sha: str, reuse: bool, shard_map=None) -> tuple[dict, dict, dict]:
     """(ranges, report info, per-channel input means for bias correction)."""
     spec = job.calibration
     t0 = time.perf_counter()
@@ -116,7 +139,7 @@ def _calibrate(job: Job, model: onnx.ModelProto, plan: QuantPlan, inputs: list[I
         progress.note(f"reusing calibration statistics of {collected['samples']} samples "
                       f"({root / stats_store.FOLDER / key}.npz); --force collects them again")
     else:
-        stats, collected = _collect_stats(job, model, plan, inputs, progress)
+        stats, collected = _collect_stats(job, model, plan, inputs, progress, shard_map)
         if key:
             stats_store.save(root, key, stats, collected)
     t1 = time.perf_counter()
@@ -124,7 +147,7 @@ def _calibrate(job: Job, model: onnx.ModelProto, plan: QuantPlan, inputs: list[I
     ranges = compute_ranges(stats, method)
     info = {"method": describe(method), "samples": collected["samples"], "seconds": time.perf_counter() - t0,
             "ranges_seconds": time.perf_counter() - t1, "collect_seconds": collected["collect_seconds"],
-            "passes": collected["passes"], "reused_statistics": stored is not None, "tensors": len(ranges),
+            "passes": collected["passes"], "shards": collected.get("shards", 1), "reused_statistics": stored is not None, "tensors": len(ranges),
             "data_fingerprint": collected["data_fingerprint"], "source": source.description,
             "batch_size": spec.batch_size, "skip": spec.skip}
     means = {t: m for t, st in stats.items() if (m := st.channel_mean()) is not None}
@@ -182,7 +205,10 @@ def trt_evaluation(job: Job, model: onnx.ModelProto, qdq_model: onnx.ModelProto,
     return result
 
 
-def build(job: Job, out_root: Path | None = None, progress: Progress | None = None, reuse: bool = True) -> BuildResult:
+def build(job: Job, out_root: Path | None = None, progress: Progress | None = None, reuse: bool = True,
+          shard_map=None) -> BuildResult:
+    """Build one job into ``<out_root>/<job.name>``. ``shard_map(fn, args)`` runs the calibration
+    shards (``calibration.shards``): by default one after another in this process."""
     progress = progress or Progress()
     target = job.quantization.target
     if target == "tensorrt":
@@ -205,7 +231,8 @@ def build(job: Job, out_root: Path | None = None, progress: Progress | None = No
     model_sha = _sha256(job.model)
 
     with staged_output(root, job.name) as stage:
-        ranges, cal_info, means = _calibrate(job, model, plan, inputs, cal_source, progress, root, model_sha, reuse)
+        ranges, cal_info, means = _calibrate(job, model, plan, inputs, cal_source, progress, root, model_sha, reuse,
+                                             shard_map)
         _write_ranges(stage, ranges, cal_info, model_sha, job)
         wmethod = job.quantization.weight_method
         if job.quantization.bias_correction:

@@ -59,6 +59,8 @@ class DataSpec(_Strict):
                                   "(min/max stay exact); 1 = every value")
     memory_budget_mb: int = Field(1024, ge=16, description="most memory one batch of exposed activations may take; "
                                   "past it, calibration runs in several passes over the data")
+    shards: int = Field(1, ge=1, le=1024, description="calibration: split the samples into this many contiguous "
+                        "shards, collect each separately (in parallel under 'trtq run --ray') and merge")
 
     @model_validator(mode="after")
     def _one_source(self):
@@ -126,6 +128,8 @@ class TensorRTSpec(_Strict):
     calibration_shapes: dict[str, tuple[int, ...]] = Field(default_factory=dict, description="implicit mode: the shape "
                                                            "each input is calibrated at (default: calibration.batch_size)")
     dla_core: int | None = Field(None, ge=0, description="run on this DLA core with GPU fallback (default: GPU only)")
+    gpu_type: str | None = Field(None, description="'trtq run --ray': build on a node with this GPU type "
+                                 "(Ray accelerator_type, e.g. A100, L4); a .plan runs only on the GPU type it was built on")
 
 
 class LatencySpec(_Strict):
@@ -144,6 +148,13 @@ class LatencySpec(_Strict):
 
 
 class EvaluationSpec(DataSpec):
+    @field_validator("shards")
+    @classmethod
+    def _no_shards(cls, v):
+        if v != 1:
+            raise ValueError("shards applies to calibration only")
+        return v
+
     latency: LatencySpec = LatencySpec()
     top_k: int = Field(5, ge=1)
     metric: str | None = Field(None, description="custom metric 'file.py:function' or 'module:function'")
@@ -265,9 +276,8 @@ def _is_type_tag(part: str) -> bool:
     return "[" in part or part.lower() in _TYPE_TAGS
 
 
-def load_job(path: str | Path, overrides: list[str] = (), cwd: Path | None = None) -> Job:
-    path = Path(path)
-    cwd = Path.cwd() if cwd is None else cwd
+def read_job_data(path: Path) -> dict:
+    """The job file's YAML mapping, or a one-line error naming the file."""
     try:
         text = path.read_text()
     except FileNotFoundError:
@@ -283,6 +293,12 @@ def load_job(path: str | Path, overrides: list[str] = (), cwd: Path | None = Non
         raise JobError(f"{path}{where}: malformed YAML: {problem}; fix the syntax there") from None
     if not isinstance(data, dict):
         raise JobError(f"{path}: a job file must be a YAML mapping with keys name, model, calibration, …")
+    return data
+
+
+def job_from_data(data: dict, path: Path, overrides: list[str] = (), cwd: Path | None = None) -> Job:
+    """Validate one job's mapping (paths in it relative to ``path``'s folder)."""
+    cwd = Path.cwd() if cwd is None else cwd
     _resolve_paths(data, path.resolve().parent)
     for text_override in overrides:
         key, value = parse_override(text_override)
@@ -295,3 +311,11 @@ def load_job(path: str | Path, overrides: list[str] = (), cwd: Path | None = Non
         # evaluation images are preprocessed like calibration images unless the job says otherwise
         job = job.model_copy(update={"evaluation": job.evaluation.model_copy(update={"preprocess": job.calibration.preprocess})})
     return job
+
+
+def load_job(path: str | Path, overrides: list[str] = (), cwd: Path | None = None) -> Job:
+    path = Path(path)
+    data = read_job_data(path)
+    if "sweep" in data:
+        raise JobError(f"{path}: sweep: this job file expands into several jobs; run it with 'trtq run {path}'")
+    return job_from_data(data, path, overrides, cwd)

@@ -1,0 +1,100 @@
+"""Fingerprints of what each stage's outputs depend on, for incremental ``trtq run``.
+
+* build (calibration → Q/DQ → cache → engine): the model's bytes, the calibration data (each
+  file's name, size and modification time), every job key except ``name``, ``output`` and
+  ``evaluation``, the CPU facts an ONNX Runtime engine is built for, and the versions of trtq,
+  onnxruntime, onnx, numpy and TensorRT;
+* evaluation: the build's fingerprint, the evaluation section and its data, the same versions.
+
+A build folder records both in ``fingerprint.json`` once the stage has finished; a re-run skips
+a stage whose recorded fingerprint equals the current one. Data read by a Python loader cannot
+be fingerprinted (trtq cannot see what it reads), so such jobs always run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from importlib import metadata
+from pathlib import Path
+
+from .. import __version__
+from .schema import DataSpec, Job
+
+FILE = "fingerprint.json"
+
+
+def versions() -> dict:
+    out = {"trtq": __version__}
+    for dist in ("onnxruntime", "onnx", "numpy", "tensorrt"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = None
+    return out
+
+
+def _file_sha(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def data_listing(spec: DataSpec) -> list | None:
+    """Name, size and mtime of every file the data section reads; None for a loader."""
+    if spec.loader is not None:
+        return None
+    path = Path(spec.path)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    if spec.labels is not None:
+        files.append(Path(spec.labels))
+    listing = []
+    for f in files:
+        try:
+            st = f.stat()
+        except OSError:
+            continue
+        listing.append([str(f), st.st_size, st.st_mtime_ns])
+    return listing
+
+
+def _digest(doc: dict) -> str:
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def build_fingerprint(job: Job, cpu: dict) -> str | None:
+    cal = data_listing(job.calibration)
+    if cal is None or not Path(job.model).is_file():
+        return None
+    keys = job.model_dump(mode="json", by_alias=True, exclude={"name", "output", "evaluation"})
+    return _digest({"model": _file_sha(Path(job.model)), "calibration_data": cal, "job": keys,
+                    "cpu": cpu if job.quantization.target == "onnxruntime" else None, "versions": versions()})
+
+
+def evaluation_fingerprint(job: Job, build_fp: str | None) -> str | None:
+    if job.evaluation is None or build_fp is None:
+        return None
+    data = data_listing(job.evaluation)
+    if data is None:
+        return None
+    return _digest({"build": build_fp, "evaluation": job.evaluation.model_dump(mode="json", by_alias=True),
+                    "evaluation_data": data, "versions": versions()})
+
+
+def read(folder: Path) -> dict:
+    try:
+        return json.loads((folder / FILE).read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def write(folder: Path, doc: dict) -> None:
+    tmp = folder / f".{FILE}.{os.getpid()}.tmp"
+    try:
+        tmp.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, folder / FILE)
+    finally:
+        tmp.unlink(missing_ok=True)

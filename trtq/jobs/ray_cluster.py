@@ -1,0 +1,151 @@
+"""``trtq run --ray ADDRESS``: builds as Ray tasks, evaluations as Ray tasks one at a time.
+
+* Each build is a task asking for ``--ray-cpus`` CPUs (default 1), and for a TensorRT target
+  one GPU, of ``tensorrt.gpu_type`` when the job names one (Ray's ``accelerator_type``).
+* A build task builds into a temporary folder on its node and returns the files; the driver
+  writes them into the job's output folder atomically — so the cluster needs no shared
+  filesystem for outputs. Model and data paths must be readable on every node (a shared mount,
+  or the same paths everywhere), and trtq must be installed on the nodes.
+* ``calibration.shards: N`` inside a Ray build runs the N shards as Ray tasks and merges their
+  statistics; the result equals a single pass (the statistics merge exactly).
+* Evaluations run after all builds, one at a time, each as a task on the node that has what the
+  engine needs, so latency is never measured beside other trtq work.
+
+``ADDRESS`` is ``local`` (start a Ray instance on this machine), ``auto`` (join the one running
+here) or a cluster address (``ray://host:10001``).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from ..errors import BackendError
+from ..progress import Progress
+from .output import staged_output
+from .run import Item, _error_text, _without_evaluation
+from .schema import Job
+
+HINT = "install Ray with pip install 'trtq[ray]'"
+
+
+def _ray():
+    try:
+        import ray
+    except ImportError:
+        raise BackendError(f"--ray needs Ray, which is not installed; {HINT}") from None
+    return ray
+
+
+def connect(address: str, num_cpus: int | None = None):
+    ray = _ray()
+    if ray.is_initialized():
+        return ray
+    kwargs = {"include_dashboard": False, "log_to_driver": False, "ignore_reinit_error": True}
+    try:
+        if address == "local":
+            ray.init(num_cpus=num_cpus or os.cpu_count(), **kwargs)
+        else:
+            ray.init(address=address, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError, ValueError…
+        raise BackendError(f"--ray {address}: cannot connect to Ray ({str(exc).splitlines()[0]}); start a cluster "
+                           "('ray start --head') or use --ray local") from None
+    return ray
+
+
+def _read_tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _write_tree(files: dict[str, bytes], folder: Path) -> None:
+    for rel, data in files.items():
+        dest = folder / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(data)
+
+
+def shard_map(fn: Callable, args: list[tuple]) -> list:
+    """Run calibration shards as Ray tasks (called inside a Ray build task)."""
+    ray = _ray()
+    remote = ray.remote(num_cpus=1)(fn)
+    return ray.get([remote.remote(*a) for a in args])
+
+
+def _build_remote(job_json: dict) -> dict:
+    from .build import build
+
+    job = Job.model_validate(job_json)
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="trtq-ray-") as tmp:
+        try:
+            build(job, Path(tmp), Progress(), reuse=False, shard_map=shard_map)
+        except BaseException as exc:  # noqa: BLE001 - reported by the driver; the other jobs go on
+            return {"error": _error_text(exc), "seconds": time.perf_counter() - t0}
+        return {"error": None, "files": _read_tree(Path(tmp) / job.name), "seconds": time.perf_counter() - t0}
+
+
+def _evaluate_remote(job_json: dict, files: dict[str, bytes]) -> dict:
+    from .evaluation import reevaluate
+
+    job = Job.model_validate(job_json)
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="trtq-ray-") as tmp:
+        _write_tree(files, Path(tmp) / job.name)
+        try:
+            reevaluate(job, Path(tmp), Progress())
+        except BaseException as exc:  # noqa: BLE001
+            return {"error": _error_text(exc), "seconds": time.perf_counter() - t0}
+        return {"error": None, "files": _read_tree(Path(tmp) / job.name), "seconds": time.perf_counter() - t0}
+
+
+def _resources(job: Job, cpus: int) -> dict:
+    opts: dict = {"num_cpus": cpus}
+    if job.quantization.target == "tensorrt":
+        opts["num_gpus"] = 1
+        if job.tensorrt.gpu_type:
+            opts["accelerator_type"] = job.tensorrt.gpu_type
+    return opts
+
+
+class RayExecutor:
+    """The executor interface of :class:`trtq.jobs.run.LocalExecutor`, on Ray."""
+
+    def __init__(self, address: str, cpus_per_build: int = 1):
+        self.ray = connect(address)
+        self.cpus = cpus_per_build
+
+    def builds(self, items: list[Item], done: Callable[[Item, str | None, float], None]) -> None:
+        ray = self.ray
+        remote = ray.remote(_build_remote)
+        refs = {remote.options(**_resources(it.job, self.cpus)).remote(_without_evaluation(it.job)): it for it in items}
+        pending = list(refs)
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1)
+            it = refs[ready[0]]
+            try:
+                out = ray.get(ready[0])
+            except Exception as exc:  # noqa: BLE001 - the task or its worker died
+                done(it, f"Ray task failed: {str(exc).splitlines()[0]}", 0.0)
+                continue
+            if out["error"] is None:
+                try:
+                    with staged_output(it.root, it.job.name) as stage:
+                        _write_tree(out["files"], stage)
+                except BaseException as exc:  # noqa: BLE001
+                    out["error"] = _error_text(exc)
+            done(it, out["error"], out["seconds"])
+
+    def evaluate(self, item: Item, progress: Progress) -> tuple[str | None, float]:
+        ray = self.ray
+        remote = ray.remote(_evaluate_remote).options(**_resources(item.job, self.cpus))
+        try:
+            out = ray.get(remote.remote(item.job.model_dump(mode="json", by_alias=True), _read_tree(item.folder)))
+        except Exception as exc:  # noqa: BLE001
+            return f"Ray task failed: {str(exc).splitlines()[0]}", 0.0
+        if out["error"] is None:
+            with staged_output(item.root, item.job.name) as stage:
+                _write_tree(out["files"], stage)
+        return out["error"], out["seconds"]

@@ -1,0 +1,80 @@
+"""Calibration split into shards: contiguous runs of samples whose statistics are collected
+separately — in this process, or as Ray tasks under ``trtq run --ray`` — and merged. The
+statistics are exactly mergeable and the data fingerprint is a hash over per-sample digests, so
+a sharded calibration gives the ranges and fingerprint of a single pass.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+
+import onnx
+
+from ..backends import onnxruntime as ort_backend
+from ..calib.collect import collect, expose_tensors
+from ..calib.stats import TensorStats
+from ..data.sources import batches, open_source
+from ..model import input_specs
+from .schema import Job
+
+ShardMap = Callable[[Callable, list[tuple]], list]
+
+
+def local_map(fn: Callable, args: list[tuple]) -> list:
+    return [fn(*a) for a in args]
+
+
+def bounds(skip: int, count: int, shards: int) -> list[tuple[int, int]]:
+    """(first sample, number of samples) of each shard: contiguous, sizes differing by at most one."""
+    shards = max(1, min(shards, count))
+    base, extra = divmod(count, shards)
+    out, start = [], skip
+    for k in range(shards):
+        n = base + (1 if k < extra else 0)
+        out.append((start, n))
+        start += n
+    return out
+
+
+class _Digests:
+    def __init__(self) -> None:
+        self.items: list[bytes] = []
+
+    def update(self, d: bytes) -> None:
+        self.items.append(d)
+
+
+def collect_shard(job_json: dict, model_bytes: bytes, groups: list[list[str]], axes: dict[str, int],
+                  start: int, count: int, stride: int) -> dict:
+    """Statistics of samples ``start … start+count-1`` (one pass per tensor group). Runs in any
+    process: everything it needs comes in as plain values."""
+    job = Job.model_validate(job_json)
+    model = onnx.load_from_string(model_bytes)
+    inputs = input_specs(model)
+    spec = job.calibration
+    stats: dict[str, TensorStats] = {}
+    digests = _Digests()
+    for gi, group in enumerate(groups):
+        runner = ort_backend.BoundRunner(ort_backend.session(expose_tensors(model, group), optimize=True))
+        source = open_source(spec, inputs, "calibration")
+        part = {t: TensorStats(axes.get(t)) for t in group}
+        collect(runner, group, batches(source, inputs, spec.batch_size, "calibration", start, count,
+                                       digests if gi == 0 else None), stats=part, stride=stride)
+        stats.update(part)
+        del runner
+    return {"stats": stats, "digests": digests.items}
+
+
+def merge_shards(results: list[dict]) -> tuple[dict[str, TensorStats], str, int]:
+    """(merged statistics, data fingerprint, samples) of shard results given in data order."""
+    merged: dict[str, TensorStats] = {}
+    digest = hashlib.sha256()
+    samples = 0
+    for r in results:
+        for t, st in r["stats"].items():
+            merged[t] = st if t not in merged else merged[t].merge(st)
+        for d in r["digests"]:
+            digest.update(d)
+        samples += len(r["digests"])
+    return merged, digest.hexdigest(), samples
