@@ -236,7 +236,7 @@ def build(job: Job, out_root: Path | None = None, progress: Progress | None = No
         _write_ranges(stage, ranges, cal_info, model_sha, job)
         wmethod = job.quantization.weight_method
         if job.quantization.bias_correction:
-            np.savez(stage / MEANS, **means)
+            np.savez(stage / MEANS, **dict(sorted(means.items())))  # same bytes whether collected or reused
         else:
             means = None
         trt_qdq = insert_qdq(model, plan, ranges, "tensorrt", weight_method=wmethod, input_means=means)

@@ -65,11 +65,29 @@ def _digest(doc: dict) -> str:
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def _relevant_keys(job: Job) -> dict:
+    """The job keys a build's outputs depend on: not name/output/evaluation, and not the keys
+    the chosen method or target ignores (so sweeping one doesn't rebuild the others)."""
+    keys = job.model_dump(mode="json", by_alias=True, exclude={"name", "output", "evaluation"})
+    cal = keys["calibrator"]
+    if cal.get("class") is not None or cal["method"] != "percentile":
+        cal.pop("percentile")
+    if cal.get("class") is None:
+        cal.pop("options")
+    if job.quantization.target == "onnxruntime":
+        keys.pop("tensorrt")
+        keys["quantization"].pop("keep_precision")
+        cal.pop("source")
+    else:
+        keys["quantization"].pop("weight_bits")
+    return keys
+
+
 def build_fingerprint(job: Job, cpu: dict) -> str | None:
     cal = data_listing(job.calibration)
     if cal is None or not Path(job.model).is_file():
         return None
-    keys = job.model_dump(mode="json", by_alias=True, exclude={"name", "output", "evaluation"})
+    keys = _relevant_keys(job)
     return _digest({"model": _file_sha(Path(job.model)), "calibration_data": cal, "job": keys,
                     "cpu": cpu if job.quantization.target == "onnxruntime" else None, "versions": versions()})
 

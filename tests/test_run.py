@@ -1,0 +1,123 @@
+"""trtq run: sweeps, incremental re-runs, parallel builds, failure isolation, sharded calibration."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+from conftest import tiny_model, write_job
+from trtq.errors import JobError
+from trtq.jobs import run as runner
+from trtq.jobs.schema import load_job
+from trtq.jobs.sweep import expand, load_jobs
+
+ARTIFACTS = ("model.int8.onnx", "calibration.cache", "ranges.json", "engine.ort.onnx", "channel_means.npz")
+
+
+@pytest.fixture
+def sweep(tmp_path):
+    onnx.save(tiny_model(), tmp_path / "tiny.onnx")
+    onnx.save(tiny_model(), tmp_path / "tiny2.onnx")
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "data.npz", input=rng.normal(0, 1, (24, 3, 8, 8)).astype(np.float32),
+             labels=rng.integers(0, 3, 24))
+    job = {"name": "t", "model": "tiny.onnx", "calibration": {"path": "data.npz", "batch_size": 4},
+           "evaluation": {"path": "data.npz", "batch_size": 4, "per_layer_samples": 4,
+                          "latency": {"batch_sizes": [1], "warmup": 1, "iterations": 2}},
+           "sweep": {"calibrator.method": ["entropy", "percentile", "mse"]}, "output": "out"}
+    return tmp_path, write_job(tmp_path / "sweep.yaml", job)
+
+
+def _run(path, *args, **kw):
+    return runner.run(load_jobs([path], list(args)), **kw)
+
+
+def _bytes(folder):
+    return {f: (folder / f).read_bytes() for f in ARTIFACTS}
+
+
+def test_sweep_expands_in_key_order_with_value_names(tmp_path):
+    data = {"name": "cls", "model": "a.onnx", "sweep": {"calibrator.method": ["entropy", "mse"],
+                                                        "model": ["m/a.onnx", "m/b.onnx"]}}
+    out = expand(data, tmp_path / "j.yaml")
+    assert [n for n, _ in out] == ["cls-entropy-a", "cls-entropy-b", "cls-mse-a", "cls-mse-b"]
+    assert out[1][1]["calibrator"]["method"] == "entropy" and out[1][1]["model"] == "m/b.onnx"
+    assert "sweep" not in out[0][1]
+    with pytest.raises(JobError, match="sweep.calibrator.method: give a non-empty list"):
+        expand({"name": "x", "sweep": {"calibrator.method": "entropy"}}, tmp_path / "j.yaml")
+    with pytest.raises(JobError, match="both named 'x-a'"):
+        expand({"name": "x", "sweep": {"model": ["1/a.onnx", "2/a.onnx"]}}, tmp_path / "j.yaml")
+
+
+def test_build_refuses_a_sweep_and_points_at_run(sweep):
+    _, path = sweep
+    with pytest.raises(JobError, match="expands into several jobs; run it with 'trtq run"):
+        load_job(path)
+
+
+def test_sweep_runs_then_rerun_skips_everything(sweep):
+    folder, path = sweep
+    items = _run(path)
+    assert [(i.job.name, i.status) for i in items] == [("t-entropy", "built"), ("t-percentile", "built"),
+                                                       ("t-mse", "built")]
+    out = folder / "out"
+    before = {i.job.name: _bytes(out / i.job.name) for i in items}
+    mtimes = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    ranges = {n: json.loads(b["ranges.json"])["calibrator"]["method"] for n, b in before.items()}
+    assert ranges == {"t-entropy": "entropy", "t-percentile": "percentile", "t-mse": "mse"}
+    assert before["t-entropy"]["calibration.cache"] != before["t-mse"]["calibration.cache"]
+
+    again = _run(path)
+    assert [i.status for i in again] == ["up to date"] * 3
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == mtimes, "nothing was rewritten"
+
+    doc = runner.summary(again)
+    runner.write_summary(doc, out)
+    md = (out / "summary.md").read_text()
+    assert "| t-entropy | up to date | tiny.onnx | entropy | onnxruntime |" in md
+    assert json.loads((out / "summary.json").read_text())["counts"]["up to date"] == 3
+
+
+def test_only_the_stage_whose_inputs_changed_runs(sweep):
+    folder, path = sweep
+    _run(path)
+    out = folder / "out"
+    engine_mtime = (out / "t-mse" / "engine.ort.onnx").stat().st_mtime_ns
+    items = _run(path, "evaluation.top_k=2")  # evaluation only: builds stay, evaluations rerun
+    assert [i.status for i in items] == ["evaluated"] * 3
+    assert (out / "t-mse" / "engine.ort.onnx").stat().st_mtime_ns == engine_mtime
+    assert json.loads((out / "t-mse" / "report.json").read_text())["job"]["evaluation"]["top_k"] == 2
+    items = _run(path, "evaluation.top_k=2", "calibrator.percentile=99.9")  # only t-percentile depends on it
+    assert [i.status for i in items] == ["up to date", "built", "up to date"]
+    assert [i.status for i in _run(path, "evaluation.top_k=2", "calibrator.percentile=99.9", force=True)] == ["built"] * 3
+
+
+def test_parallel_builds_give_the_same_artifacts_and_failures_are_isolated(sweep):
+    folder, path = sweep
+    serial = _run(path, out_root=folder / "serial", executor=runner.LocalExecutor(1))
+    (folder / "broken.onnx").write_bytes(b"not a model")
+    bad = write_job(folder / "bad.yaml", {"name": "bad", "model": "broken.onnx",
+                                          "calibration": {"path": "data.npz"}, "output": "out"})
+    items = runner.run(load_jobs([path, bad]), out_root=folder / "par", executor=runner.LocalExecutor(2))
+    status = {i.job.name: i.status for i in items}
+    assert status == {"t-entropy": "built", "t-percentile": "built", "t-mse": "built", "bad": "failed"}
+    failed = next(i for i in items if i.status == "failed")
+    assert "broken.onnx: not an ONNX model" in failed.error and not (folder / "par" / "bad").exists()
+    for it in serial:
+        assert _bytes(folder / "serial" / it.job.name) == _bytes(folder / "par" / it.job.name), it.job.name
+    md = runner.summary_markdown(runner.summary(items))
+    assert "## Failures" in md and "`bad`" in md
+
+
+def test_sharded_calibration_equals_a_single_pass(sweep):
+    from trtq.jobs.build import build
+
+    folder, _ = sweep
+    base = {"model": str(folder / "tiny.onnx"), "calibrator": {"method": "entropy"}}
+    one = build(load_job(write_job(folder / "a.yaml", {**base, "name": "one", "calibration": {
+        "path": str(folder / "data.npz"), "batch_size": 5}})), folder / "o", reuse=False)
+    four = build(load_job(write_job(folder / "b.yaml", {**base, "name": "four", "calibration": {
+        "path": str(folder / "data.npz"), "batch_size": 3, "shards": 4}})), folder / "o", reuse=False)
+    assert four.report["calibration"]["shards"] == 4
+    assert _bytes(one.out_dir) == _bytes(four.out_dir)
