@@ -23,9 +23,25 @@ def read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
 
+def _folder() -> Path:
+    return Path(os.environ.get("TRTQ_MNIST_DIR", DEFAULT))
+
+
 def test_set(batch: int = 500):
-    folder = Path(os.environ.get("TRTQ_MNIST_DIR", DEFAULT))
+    folder = _folder()
     images = read_idx(folder / "t10k-images-idx3-ubyte.gz")
     labels = read_idx(folder / "t10k-labels-idx1-ubyte.gz").astype(np.int64)
     for i in range(0, len(images), batch):
         yield {"Input3": images[i:i + batch, None].astype(np.float32), "labels": labels[i:i + batch]}
+
+
+def _fingerprint() -> str:
+    """What the loader reads (for incremental 'trtq run'): the IDX files' names, sizes, mtimes."""
+    parts = []
+    for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+        st = (_folder() / name).stat()
+        parts.append(f"{_folder() / name}:{st.st_size}:{st.st_mtime_ns}")
+    return ";".join(parts)
+
+
+test_set.fingerprint = _fingerprint

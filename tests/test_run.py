@@ -76,7 +76,12 @@ def test_sweep_runs_then_rerun_skips_everything(sweep):
     runner.write_summary(doc, out)
     md = (out / "summary.md").read_text()
     assert "| t-entropy | up to date | tiny.onnx | entropy | onnxruntime |" in md
-    assert json.loads((out / "summary.json").read_text())["counts"]["up to date"] == 3
+    saved = json.loads((out / "summary.json").read_text())
+    assert saved["counts"]["up to date"] == 3
+    row = saved["jobs"][0]
+    rep = json.loads((out / "t-entropy" / "report.json").read_text())
+    assert row["int8_top1"] == rep["int8"]["accuracy"]["top1"] and row["agreement"] == rep["int8"]["accuracy"]["top1_agreement"]
+    assert row["sqnr_db"] == rep["int8"]["accuracy"]["fidelity"]["sqnr_db"] and row["latency_ratio"] > 0
 
 
 def test_only_the_stage_whose_inputs_changed_runs(sweep):

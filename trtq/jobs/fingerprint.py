@@ -8,7 +8,8 @@
 
 A build folder records both in ``fingerprint.json`` once the stage has finished; a re-run skips
 a stage whose recorded fingerprint equals the current one. Data read by a Python loader cannot
-be fingerprinted (trtq cannot see what it reads), so such jobs always run.
+be fingerprinted unless the loader says what it reads (a ``fingerprint`` attribute); otherwise
+such jobs always run.
 """
 
 from __future__ import annotations
@@ -44,9 +45,18 @@ def _file_sha(path: Path) -> str:
 
 
 def data_listing(spec: DataSpec) -> list | None:
-    """Name, size and mtime of every file the data section reads; None for a loader."""
+    """Name, size and mtime of every file the data section reads. A loader counts only if it
+    says what it reads: a ``fingerprint`` attribute on the loader function, called with no
+    arguments, returning a string (see ``examples/mnist_idx.py``); else None (always rebuilt)."""
     if spec.loader is not None:
-        return None
+        from ..plugins import import_callable
+
+        fn = import_callable(spec.loader, "loader")
+        if not callable(getattr(fn, "fingerprint", None)):
+            return None
+        module_file = spec.loader.rpartition(":")[0]
+        code = _file_sha(Path(module_file)) if module_file.endswith(".py") else module_file
+        return [spec.loader, code, str(fn.fingerprint())]
     path = Path(spec.path)
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     if spec.labels is not None:

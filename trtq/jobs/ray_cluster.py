@@ -114,8 +114,14 @@ class RayExecutor:
     """The executor interface of :class:`trtq.jobs.run.LocalExecutor`, on Ray."""
 
     def __init__(self, address: str, cpus_per_build: int = 1):
-        self.ray = connect(address)
+        _ray()  # fail now, not after planning, when Ray is missing
+        self.address = address
         self.cpus = cpus_per_build
+
+    @property
+    def ray(self):
+        """Connected on first use: a re-run with nothing to do never starts Ray."""
+        return connect(self.address)
 
     def builds(self, items: list[Item], done: Callable[[Item, str | None, float], None]) -> None:
         ray = self.ray

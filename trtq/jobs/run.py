@@ -187,7 +187,7 @@ def _row(it: Item) -> dict:
     acc8 = rep.get("int8", {}).get("accuracy", {})
     row.update({
         "fp32_top1": acc32.get("top1"), "int8_top1": acc8.get("top1"),
-        "agreement": acc8.get("fidelity", {}).get("top1_agreement"),
+        "agreement": acc8.get("top1_agreement"),
         "sqnr_db": acc8.get("fidelity", {}).get("sqnr_db"),
         "latency_ratio": next(iter(rep.get("latency_ratio", {}).values()), None),
         "latency_batch": next(iter(rep.get("latency_ratio", {})), None),
