@@ -26,7 +26,10 @@ def calibrator_class(trt, kind: str) -> type:
             self.feeder = feeder
 
         def get_batch_size(self) -> int:
-            return self.feeder.batch_size
+            # TensorRT 10 networks always have an explicit batch dimension: the batch comes from
+            # the input shapes (the calibration profile), and the calibrator reports 1, as
+            # NVIDIA's own Polygraphy calibrator does by default.
+            return 1
 
         def get_batch(self, names, *args):
             return self.feeder.get_batch(list(names))
