@@ -1,6 +1,6 @@
-"""CUDA glue: device buffers, copies, streams, events and device facts, through cuda-python
-(``cuda.bindings.runtime``, or ``cuda.cudart`` in older releases) or, when that is absent,
-pycuda. Imported lazily: nothing here loads unless a TensorRT build or run needs the GPU.
+"""CUDA glue: device buffers, copies, streams, events and device facts, through pycuda or,
+when pycuda is absent (it does not build without a driver), cuda-python
+(``cuda.bindings.runtime``, or ``cuda.cudart`` in older releases). Imported lazily: nothing here loads unless a TensorRT build or run needs the GPU.
 
 Every CUDA failure becomes a one-line :class:`~trtq.errors.BackendError` naming the call.
 """
@@ -8,6 +8,7 @@ Every CUDA failure becomes a one-line :class:`~trtq.errors.BackendError` naming 
 from __future__ import annotations
 
 import importlib
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -193,13 +194,23 @@ class PycudaRuntime(CudaRuntime):
 
 
 def cuda_runtime() -> CudaRuntime:
-    """cuda-python if it imports, else pycuda; a one-line error when neither does."""
+    """pycuda if it imports, else cuda-python (``TRTQ_CUDA_BINDING=cuda-python`` or ``pycuda``
+    picks one); a one-line error when neither does."""
+    choice = os.environ.get("TRTQ_CUDA_BINDING", "")
+    if choice not in ("", "pycuda", "cuda-python"):
+        raise BackendError(f"TRTQ_CUDA_BINDING={choice!r}: use 'pycuda' or 'cuda-python'")
+    if choice != "cuda-python":
+        try:
+            driver = importlib.import_module("pycuda.driver")
+        except ImportError:
+            if choice == "pycuda":
+                raise BackendError(f"TRTQ_CUDA_BINDING=pycuda, but pycuda does not import; {HINT}") from None
+        else:
+            try:
+                return PycudaRuntime(driver)
+            except Exception as exc:  # noqa: BLE001 - pycuda.autoinit raises driver errors of its own types
+                raise BackendError(f"pycuda cannot create a CUDA context ({str(exc).splitlines()[0]}); {HINT}") from None
     rt = _import_cudart()
     if rt is not None:
         return CudaRuntime(rt)
-    try:
-        return PycudaRuntime(importlib.import_module("pycuda.driver"))
-    except ImportError:
-        raise BackendError(f"no CUDA binding: neither cuda-python nor pycuda imports; {HINT}") from None
-    except Exception as exc:  # noqa: BLE001 - pycuda.autoinit raises driver errors of its own types
-        raise BackendError(f"pycuda cannot create a CUDA context ({str(exc).splitlines()[0]}); {HINT}") from None
+    raise BackendError(f"no CUDA binding: neither pycuda nor cuda-python imports; {HINT}")
