@@ -126,3 +126,17 @@ def test_sharded_calibration_equals_a_single_pass(sweep):
         "path": str(folder / "data.npz"), "batch_size": 3, "shards": 4}})), folder / "o", reuse=False)
     assert four.report["calibration"]["shards"] == 4
     assert _bytes(one.out_dir) == _bytes(four.out_dir)
+
+
+def test_cli_exit_status_counts_failures_and_summary_is_written(sweep, run_cli):
+    folder, path = sweep
+    (folder / "broken.onnx").write_bytes(b"not a model")
+    bad = write_job(folder / "bad.yaml", {"name": "bad", "model": "broken.onnx", "calibration": {"path": "data.npz"}})
+    code, out, err = run_cli("run", path, bad, "--out", folder / "cli", "--workers", "1")
+    assert code == 1
+    assert "trtq: bad failed:" in err and "not an ONNX model" in err
+    assert "t-entropy" in out and "built" in out
+    doc = json.loads((folder / "cli" / "summary.json").read_text())
+    assert doc["counts"] == {"built": 3, "evaluated": 0, "up to date": 0, "failed": 1}
+    code, _, err = run_cli("run", folder / "missing.yaml")
+    assert code == 2 and "missing.yaml: no such job file or folder" in err
