@@ -58,6 +58,12 @@ def test_sweep_on_ray_matches_the_local_run_byte_for_byte(local_ray, jobs):
         assert rep["int8"]["accuracy"]["samples"] == 20
     again = runner.run(load_jobs([path]), out_root=folder / "ray", executor=ray_cluster.RayExecutor("local"))
     assert [i.status for i in again] == ["up to date"] * 3
+    shared = runner.run(load_jobs([path]), out_root=folder / "shared",
+                        executor=ray_cluster.RayExecutor("local", shared=True))
+    assert [i.status for i in shared] == ["built"] * 3
+    for it in local:
+        assert _bytes(folder / "local" / it.job.name) == _bytes(folder / "shared" / it.job.name), it.job.name
+        assert (folder / "shared" / it.job.name / "report.md").is_file()
 
 
 def test_calibration_split_over_four_ray_tasks_equals_one_process(local_ray, jobs):

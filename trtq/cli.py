@@ -171,7 +171,7 @@ def _cmd_run(args) -> int:
     if args.ray:
         from .jobs.ray_cluster import RayExecutor
 
-        executor = RayExecutor(args.ray, args.ray_cpus)
+        executor = RayExecutor(args.ray, args.ray_cpus, args.ray_shared)
     else:
         executor = runner.LocalExecutor(args.workers)
     say = (lambda s: None) if args.quiet else (lambda s: err.print(s, markup=False, highlight=False))
@@ -275,6 +275,9 @@ def make_parser() -> argparse.ArgumentParser:
     r.add_argument("--workers", type=int, help="parallel builds (default: one per two cores, at most 4)")
     r.add_argument("--ray", metavar="ADDRESS", help="run on Ray: 'local', 'auto' or a cluster address")
     r.add_argument("--ray-cpus", type=int, default=1, help="CPUs each Ray build task asks for (default 1)")
+    r.add_argument("--ray-shared", action="store_true",
+                   help="the output root is on a filesystem every Ray node mounts: tasks write there directly "
+                        "(default: artifacts come back to the driver)")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     r.set_defaults(func=_cmd_run)
     d = sub.add_parser("doctor", help="what this machine has (TensorRT, CUDA, GPU, onnxruntime) and what it allows")

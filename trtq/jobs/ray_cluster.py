@@ -4,7 +4,8 @@
   one GPU, of ``tensorrt.gpu_type`` when the job names one (Ray's ``accelerator_type``).
 * A build task builds into a temporary folder on its node and returns the files; the driver
   writes them into the job's output folder atomically — so the cluster needs no shared
-  filesystem for outputs. Model and data paths must be readable on every node (a shared mount,
+  filesystem for outputs. With ``--ray-shared`` (the output root is mounted on every node) the
+  tasks write there directly instead. Model and data paths must be readable on every node (a shared mount,
   or the same paths everywhere), and trtq must be installed on the nodes.
 * ``calibration.shards: N`` inside a Ray build runs the N shards as Ray tasks and merges their
   statistics; the result equals a single pass (the statistics merge exactly).
@@ -74,11 +75,17 @@ def shard_map(fn: Callable, args: list[tuple]) -> list:
     return ray.get([remote.remote(*a) for a in args])
 
 
-def _build_remote(job_json: dict) -> dict:
+def _build_remote(job_json: dict, shared_root: str | None = None) -> dict:
     from .build import build
 
     job = Job.model_validate(job_json)
     t0 = time.perf_counter()
+    if shared_root is not None:  # the output root is mounted on every node: write there directly
+        try:
+            build(job, Path(shared_root), Progress(), shard_map=shard_map)
+        except BaseException as exc:  # noqa: BLE001
+            return {"error": _error_text(exc), "seconds": time.perf_counter() - t0}
+        return {"error": None, "files": None, "seconds": time.perf_counter() - t0}
     with tempfile.TemporaryDirectory(prefix="trtq-ray-") as tmp:
         try:
             build(job, Path(tmp), Progress(), reuse=False, shard_map=shard_map)
@@ -87,11 +94,17 @@ def _build_remote(job_json: dict) -> dict:
         return {"error": None, "files": _read_tree(Path(tmp) / job.name), "seconds": time.perf_counter() - t0}
 
 
-def _evaluate_remote(job_json: dict, files: dict[str, bytes]) -> dict:
+def _evaluate_remote(job_json: dict, files: dict[str, bytes] | None, shared_root: str | None = None) -> dict:
     from .evaluation import reevaluate
 
     job = Job.model_validate(job_json)
     t0 = time.perf_counter()
+    if shared_root is not None:
+        try:
+            reevaluate(job, Path(shared_root), Progress())
+        except BaseException as exc:  # noqa: BLE001
+            return {"error": _error_text(exc), "seconds": time.perf_counter() - t0}
+        return {"error": None, "files": None, "seconds": time.perf_counter() - t0}
     with tempfile.TemporaryDirectory(prefix="trtq-ray-") as tmp:
         _write_tree(files, Path(tmp) / job.name)
         try:
@@ -113,10 +126,11 @@ def _resources(job: Job, cpus: int) -> dict:
 class RayExecutor:
     """The executor interface of :class:`trtq.jobs.run.LocalExecutor`, on Ray."""
 
-    def __init__(self, address: str, cpus_per_build: int = 1):
+    def __init__(self, address: str, cpus_per_build: int = 1, shared: bool = False):
         _ray()  # fail now, not after planning, when Ray is missing
         self.address = address
         self.cpus = cpus_per_build
+        self.shared = shared  # the output root is on a filesystem every node mounts
 
     @property
     def ray(self):
@@ -126,7 +140,8 @@ class RayExecutor:
     def builds(self, items: list[Item], done: Callable[[Item, str | None, float], None]) -> None:
         ray = self.ray
         remote = ray.remote(_build_remote)
-        refs = {remote.options(**_resources(it.job, self.cpus)).remote(_without_evaluation(it.job)): it for it in items}
+        refs = {remote.options(**_resources(it.job, self.cpus)).remote(
+            _without_evaluation(it.job), str(it.root.resolve()) if self.shared else None): it for it in items}
         pending = list(refs)
         while pending:
             ready, pending = ray.wait(pending, num_returns=1)
@@ -136,7 +151,7 @@ class RayExecutor:
             except Exception as exc:  # noqa: BLE001 - the task or its worker died
                 done(it, f"Ray task failed: {str(exc).splitlines()[0]}", 0.0)
                 continue
-            if out["error"] is None:
+            if out["error"] is None and out["files"] is not None:
                 try:
                     with staged_output(it.root, it.job.name) as stage:
                         _write_tree(out["files"], stage)
@@ -147,11 +162,15 @@ class RayExecutor:
     def evaluate(self, item: Item, progress: Progress) -> tuple[str | None, float]:
         ray = self.ray
         remote = ray.remote(_evaluate_remote).options(**_resources(item.job, self.cpus))
+        job_json = item.job.model_dump(mode="json", by_alias=True)
         try:
-            out = ray.get(remote.remote(item.job.model_dump(mode="json", by_alias=True), _read_tree(item.folder)))
+            if self.shared:
+                out = ray.get(remote.remote(job_json, None, str(item.root.resolve())))
+            else:
+                out = ray.get(remote.remote(job_json, _read_tree(item.folder)))
         except Exception as exc:  # noqa: BLE001
             return f"Ray task failed: {str(exc).splitlines()[0]}", 0.0
-        if out["error"] is None:
+        if out["error"] is None and out["files"] is not None:
             with staged_output(item.root, item.job.name) as stage:
                 _write_tree(out["files"], stage)
         return out["error"], out["seconds"]
