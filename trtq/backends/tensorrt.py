@@ -153,6 +153,15 @@ def load_runner(plan: Path):
     return EngineRunner(trt, data, rt)
 
 
+def inspect_plan(plan: Path, inputs: list[InputSpec], batch_size: int) -> dict:
+    """The inspector summary of a plan, after one run on zeros (so dynamic shapes are set)."""
+    from ..trt.inspect import summarize
+
+    with load_runner(plan) as runner:
+        runner({i.name: np.zeros((batch_size, *[d or 1 for d in i.shape[1:]]), dtype=i.dtype) for i in inputs})
+        return summarize(runner.inspect())
+
+
 def fp32_runner(model: onnx.ModelProto, stage: Path, job):
     """A strongly typed FP32 engine of the original model (the latency baseline), not kept."""
     from ..trt.builder import build_serialized

@@ -188,7 +188,6 @@ def trt_evaluation(job: Job, model: onnx.ModelProto, qdq_model: onnx.ModelProto,
     lspec = job.evaluation.latency
     with trt_backend.load_runner(stage / engine["path"]) as int8, \
             trt_backend.fp32_runner(model, stage, job) as fp32_trt:
-        engine["inspection"] = summarize_layers(int8.inspect())
         gpu: dict = {"fp32": {}, "int8": {}}
 
         def timer(feeds):
@@ -201,6 +200,7 @@ def trt_evaluation(job: Job, model: onnx.ModelProto, qdq_model: onnx.ModelProto,
             return out
 
         result = evaluate(job, model, qdq_model, plan, int8, inputs, stage, progress, timer)
+        engine["inspection"] = summarize_layers(int8.inspect())  # after runs: input shapes are set
     result["gpu_compute"] = gpu
     return result
 
@@ -254,6 +254,9 @@ def build(job: Job, out_root: Path | None = None, progress: Progress | None = No
                     yield batch.feeds
 
             engine = trt_backend.build_plan(job, stage, model, ranges, inputs, calibration_feeds, kept, progress)
+            if eval_source is None:  # with an evaluation, the inspector runs after it
+                engine["inspection"] = trt_backend.inspect_plan(stage / engine["path"], inputs,
+                                                                job.calibration.batch_size)
         if target == "onnxruntime":
             if bits == "auto" and not cpu["vnni"]:
                 progress.note("CPU without VNNI: ONNX Runtime engine uses 7-bit weights to avoid int16 saturation "

@@ -102,8 +102,11 @@ class EngineRunner:
         return {"gpu_compute": compute, "latency": e2e}
 
     def inspect(self) -> str:
-        """The engine inspector's JSON (layers, their precisions and formats)."""
+        """The engine inspector's JSON (layers, their precisions and formats). With dynamic shapes
+        the formats are only known for set shapes, so the inspector gets the execution context
+        (call this after a run)."""
         inspector = self.engine.create_engine_inspector()
+        inspector.execution_context = self.context
         return inspector.get_engine_information(self.trt.LayerInformationFormat.JSON)
 
     def close(self) -> None:
