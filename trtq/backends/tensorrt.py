@@ -153,12 +153,14 @@ def load_runner(plan: Path):
     return EngineRunner(trt, data, rt)
 
 
-def inspect_plan(plan: Path, inputs: list[InputSpec], batch_size: int) -> dict:
-    """The inspector summary of a plan, after one run on zeros (so dynamic shapes are set)."""
+def inspect_plan(plan: Path, inputs: list[InputSpec], engine: dict) -> dict:
+    """The inspector summary of a plan, after one run on zeros at each input's optimization
+    profile 'opt' shape (or its static shape), so dynamic shapes are resolved."""
     from ..trt.inspect import summarize
 
+    shapes = {i.name: engine["profiles"].get(i.name, {}).get("opt") or engine["inputs"][i.name] for i in inputs}
     with load_runner(plan) as runner:
-        runner({i.name: np.zeros((batch_size, *[d or 1 for d in i.shape[1:]]), dtype=i.dtype) for i in inputs})
+        runner({i.name: np.zeros(shapes[i.name], dtype=i.dtype) for i in inputs})
         return summarize(runner.inspect())
 
 

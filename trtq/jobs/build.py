@@ -255,8 +255,7 @@ def build(job: Job, out_root: Path | None = None, progress: Progress | None = No
 
             engine = trt_backend.build_plan(job, stage, model, ranges, inputs, calibration_feeds, kept, progress)
             if eval_source is None:  # with an evaluation, the inspector runs after it
-                engine["inspection"] = trt_backend.inspect_plan(stage / engine["path"], inputs,
-                                                                job.calibration.batch_size)
+                engine["inspection"] = trt_backend.inspect_plan(stage / engine["path"], inputs, engine)
         if target == "onnxruntime":
             if bits == "auto" and not cpu["vnni"]:
                 progress.note("CPU without VNNI: ONNX Runtime engine uses 7-bit weights to avoid int16 saturation "
