@@ -70,6 +70,9 @@ def test_the_removed_list_matches_the_bindings(bindings):
 
 def test_implicit_path_modules_are_10_only_and_use_the_calibrator_family():
     assert surface.GLUE["implicit"] == ("10",) and surface.GLUE["calibrators"] == ("10",)
+    assert surface.GLUE["legacy"] == ("10",)
+    legacy = surface.used_names(surface.glue_sources()["legacy"])
+    assert {"NetworkDefinitionCreationFlag.EXPLICIT_BATCH", "BuilderFlag.INT8"} <= legacy.qualified
     used = surface.used_names(surface.glue_sources()["implicit"])
     assert {"BuilderFlag.INT8", "int8_calibrator", "set_calibration_profile"} <= used.qualified | used.leaves
     for module in ("builder", "runner"):

@@ -113,6 +113,8 @@ def test_implicit_mode_is_refused_on_tensorrt_11(tmp_path):
     trt_backend.check_job(job, types.SimpleNamespace(__version__="10.16.1.11"))
     with pytest.raises(JobError, match="tensorrt.mode: implicit needs TensorRT 10.x .* use mode: explicit"):
         trt_backend.check_job(job, types.SimpleNamespace(__version__="11.4.0.106"))
+    with pytest.raises(BackendError, match="TensorRT 8.5.3.1: trtq builds engines with TensorRT 8.6 or newer"):
+        trt_backend.check_job(job, types.SimpleNamespace(__version__="8.5.3.1"))
 
 
 def test_tensorrt_job_keys_are_validated(tmp_path):

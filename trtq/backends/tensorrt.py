@@ -47,6 +47,10 @@ def check_job(job, trt) -> None:
     """Refuse what this TensorRT cannot do, before any work."""
     from ..trt.builder import major_version
 
+    version = tuple(int(p) for p in re.findall(r"\d+", str(trt.__version__))[:2])
+    if version < (8, 6):
+        raise BackendError(f"TensorRT {trt.__version__}: trtq builds engines with TensorRT 8.6 or newer "
+                           "(10.x or 11.x recommended); upgrade TensorRT")
     if job.tensorrt.mode == "implicit" and major_version(trt) >= 11:
         raise JobError(f"tensorrt.mode: implicit needs TensorRT 10.x or older; TensorRT {trt.__version__} removed "
                        "implicit INT8 (calibrators, BuilderFlag.INT8) — use mode: explicit (the Q/DQ model)")

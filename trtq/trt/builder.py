@@ -94,10 +94,19 @@ def resolve_profiles(shapes: dict[str, tuple[int, ...]], profiles: dict[str, Pro
     return out
 
 
+def has_strong_typing(trt) -> bool:
+    return hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED")  # 9.0 and newer
+
+
 def _parse(trt, builder, logger, onnx_path: Path, strongly_typed: bool):
-    flags = 0
-    if strongly_typed:
-        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    if not has_strong_typing(trt):  # 8.6
+        from . import legacy
+
+        flags = legacy.network_flags(trt)
+    elif strongly_typed:
+        flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    else:
+        flags = 0
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
@@ -144,6 +153,10 @@ def build_serialized(trt, onnx_path: Path, options: BuildOptions, batch_sizes: l
     config, shapes, profiles = _configure(trt, builder, network, options, batch_sizes)
     if implicit is not None:
         implicit.apply(trt, builder, network, config, shapes)
+    elif not has_strong_typing(trt):
+        from . import legacy
+
+        legacy.enable_int8(trt, config)
     try:
         serialized = builder.build_serialized_network(network, config)
     finally:
@@ -156,7 +169,8 @@ def build_serialized(trt, onnx_path: Path, options: BuildOptions, batch_sizes: l
         raise BackendError(f"TensorRT could not build the engine: {logger.last_error().splitlines()[0]}")
     if options.timing_cache is not None:
         _write_atomic(options.timing_cache, bytes(config.get_timing_cache().serialize()))
-    facts = {"tensorrt_version": str(trt.__version__), "mode": options.mode, "strongly_typed": implicit is None,
+    facts = {"tensorrt_version": str(trt.__version__), "mode": options.mode,
+             "strongly_typed": implicit is None and has_strong_typing(trt),
              "inputs": {k: list(v) for k, v in shapes.items()},
              "profiles": {k: {"min": list(p.min), "opt": list(p.opt), "max": list(p.max)} for k, p in profiles.items()},
              "optimization_level": options.optimization_level, "workspace_mb": options.workspace_mb,

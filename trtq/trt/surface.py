@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 # module of trtq.trt → the TensorRT major versions whose path uses it
-GLUE = {"builder": ("10", "11"), "runner": ("10", "11"), "implicit": ("10",), "calibrators": ("10",)}
+GLUE = {"builder": ("10", "11"), "runner": ("10", "11"), "implicit": ("10",), "calibrators": ("10",),
+        "legacy": ("10",)}  # legacy: the 8.6 path; no 8.6 bindings wheel exists, 10.x still has its names
 
 REMOVED_IN_11 = {
     "BuilderFlag.INT8", "BuilderFlag.FP16", "BuilderFlag.BF16", "BuilderFlag.FP8",
@@ -38,7 +39,7 @@ REMOVED_IN_11 = {
 
 # bases whose attributes are never TensorRT's (trtq's own objects, stdlib and numpy modules)
 OWN_BASES = {"self", "np", "os", "re", "time", "json", "importlib", "options", "rt", "implicit", "p", "t", "Path",
-             "facts", "feeder"}
+             "facts", "feeder", "legacy"}
 # trtq's own helpers kept on ``self`` (``self.rt.malloc`` is CUDA glue, ``self.engine.…`` is TensorRT)
 OWN_SELF_ATTRS = {"rt", "feeder", "logger", "buffers", "dtypes", "input_names", "output_names"}
 # attributes of Python builtins and of trtq objects reached through other names
