@@ -34,6 +34,7 @@ from ..report.writer import write_json, write_markdown
 from ..scales import safe_amax
 from .evaluation import evaluate
 from . import shards
+from .fingerprint import file_sha256
 from .output import staged_output
 from .schema import Job
 
@@ -63,14 +64,6 @@ def _check_batch_sizes(job: Job, inputs: list[InputSpec]) -> None:
             if size != fixed:
                 raise JobError(f"{key}: model input '{spec.name}' has a fixed batch of {fixed}; set {key} to {fixed} "
                                "(or export the model with a dynamic batch dimension)")
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _collect_sharded(job: Job, model: onnx.ModelProto, groups: list[list[str]], axes: dict, inputs: list[InputSpec],
@@ -228,7 +221,7 @@ def build(job: Job, out_root: Path | None = None, progress: Progress | None = No
     weight_bits = bits if bits != "auto" else (8 if cpu["vnni"] else 7)
     weight_qmax = QMAX_BY_BITS[weight_bits]
     root = Path(out_root) if out_root is not None else job.output
-    model_sha = _sha256(job.model)
+    model_sha = file_sha256(job.model)
 
     with staged_output(root, job.name) as stage:
         ranges, cal_info, means = _calibrate(job, model, plan, inputs, cal_source, progress, root, model_sha, reuse,

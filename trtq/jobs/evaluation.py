@@ -137,7 +137,8 @@ def _run_metric(fn, ref: str, kept: dict, names: list[str]) -> dict:
 
 def reevaluate(job: Job, out_root: Path | None, progress: Progress) -> tuple[Path, dict]:
     """``trtq eval``: evaluate an existing build again without rebuilding it."""
-    from .build import MEANS, ORT_ENGINE, QDQ_MODEL, RANGES, _sha256, trt_evaluation
+    from .build import MEANS, ORT_ENGINE, QDQ_MODEL, RANGES, trt_evaluation
+    from .fingerprint import file_sha256
 
     if job.evaluation is None:
         raise JobError("evaluation: the job has no evaluation section; add one to evaluate")
@@ -147,7 +148,7 @@ def reevaluate(job: Job, out_root: Path | None, progress: Progress) -> tuple[Pat
         raise JobError(f"{folder}: no build of job '{job.name}' there; run 'trtq build' first (or give --out)")
     report = json.loads(report_path.read_text())
     ranges_doc = json.loads((folder / RANGES).read_text())
-    if ranges_doc["model_sha256"] != _sha256(job.model):
+    if ranges_doc["model_sha256"] != file_sha256(job.model):
         raise JobError(f"{job.model}: the model changed since {folder} was built; rebuild with 'trtq build'")
     model = load_model(job.model, job.input_shapes)
     name_nodes(model)

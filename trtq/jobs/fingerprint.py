@@ -36,7 +36,8 @@ def versions() -> dict:
     return out
 
 
-def _file_sha(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file, read in 1 MiB chunks (model hashes in reports, stores and fingerprints)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -55,7 +56,7 @@ def data_listing(spec: DataSpec) -> list | None:
         if not callable(getattr(fn, "fingerprint", None)):
             return None
         module_file = spec.loader.rpartition(":")[0]
-        code = _file_sha(Path(module_file)) if module_file.endswith(".py") else module_file
+        code = file_sha256(Path(module_file)) if module_file.endswith(".py") else module_file
         return [spec.loader, code, str(fn.fingerprint())]
     path = Path(spec.path)
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
@@ -98,7 +99,7 @@ def build_fingerprint(job: Job, cpu: dict) -> str | None:
     if cal is None or not Path(job.model).is_file():
         return None
     keys = _relevant_keys(job)
-    return _digest({"model": _file_sha(Path(job.model)), "calibration_data": cal, "job": keys,
+    return _digest({"model": file_sha256(Path(job.model)), "calibration_data": cal, "job": keys,
                     "cpu": cpu if job.quantization.target == "onnxruntime" else None, "versions": versions()})
 
 
