@@ -20,10 +20,9 @@ from ..backends import onnxruntime as ort_backend
 from ..backends import tensorrt as trt_backend
 from ..calib import cache as trt_cache
 from ..calib import store as stats_store
-from ..calib.collect import collect, expose_tensors, group_tensors
+from ..calib.collect import group_tensors
 from ..calib.methods import compute_ranges, describe, make_method
-from ..calib.stats import TensorStats
-from ..data.sources import Source, batches, open_source, planned_count, prefetch
+from ..data.sources import Source, batches, open_source, planned_count
 from ..errors import JobError, ModelError
 from ..model import InputSpec, input_specs, load_model, output_names
 from ..progress import Progress
@@ -78,8 +77,8 @@ def _collect_sharded(job: Job, model: onnx.ModelProto, groups: list[list[str]], 
     job_json = job.model_dump(mode="json", by_alias=True)
     model_bytes = model.SerializeToString()
     with progress.task(f"calibrating ({len(parts)} shards)", len(parts)) as advance:
-        results = shard_map(shards.collect_shard, [(job_json, model_bytes, groups, axes, start, n,
-                                                    spec.histogram_stride) for start, n in parts])
+        results = shard_map(shards.collect_shard, [(job_json, model_bytes, groups, axes, start, n)
+                                                   for start, n in parts])
         advance(len(parts))
     merged, fingerprint, samples = shards.merge_shards(results)
     return merged, {"samples": samples, "collect_seconds": time.perf_counter() - t0, "passes": len(groups),
@@ -95,29 +94,12 @@ def _collect_stats(job: Job, model: onnx.ModelProto, plan: QuantPlan, inputs: li
     if spec.shards > 1:
         return _collect_sharded(job, model, groups, axes, inputs, progress, shard_map or shards.local_map)
     digest = hashlib.sha256()
-    stats: dict = {}
-    samples = 0
     t0 = time.perf_counter()
-    for gi, group in enumerate(groups):
-        source = open_source(spec, inputs, "calibration")  # a fresh pass over the data
-        runner = ort_backend.BoundRunner(ort_backend.session(expose_tensors(model, group), optimize=True))
-        label = "calibrating" if len(groups) == 1 else f"calibrating (pass {gi + 1}/{len(groups)})"
-        seen = [0]
-        with progress.task(label, planned_count(source, spec.skip, spec.max_samples)) as advance:
-            def count(n: int) -> None:
-                seen[0] += n
-                advance(n)
-
-            collect(runner, group, prefetch(batches(source, inputs, spec.batch_size, "calibration", spec.skip,
-                                                    spec.max_samples, digest if gi == 0 else None)),
-                    on_batch=count, stats=stats.setdefault(gi, {t: TensorStats(axes.get(t)) for t in group}),
-                    stride=spec.histogram_stride)
-        samples = samples or seen[0]
-        del runner
-    merged = {t: st for part in stats.values() for t, st in part.items()}
+    stats, samples = shards.collect_range(model, groups, axes, spec, inputs, spec.skip, spec.max_samples, digest,
+                                          progress)
     info = {"samples": samples, "collect_seconds": time.perf_counter() - t0, "passes": len(groups),
             "data_fingerprint": digest.hexdigest()}
-    return merged, info
+    return stats, info
 
 
 def _calibrate(job: Job, model: onnx.ModelProto, plan: QuantPlan, inputs: list[InputSpec], source: Source,

@@ -1,5 +1,6 @@
-"""Calibration split into shards: contiguous runs of samples whose statistics are collected
-separately — in this process, or as Ray tasks under ``trtq run --ray`` — and merged. The
+"""Calibration over a range of samples (:func:`collect_range`; a single-process calibration is
+one range), and calibration split into shards: contiguous runs of samples whose statistics are
+collected separately — in this process, or as Ray tasks under ``trtq run --ray`` — and merged. The
 statistics are exactly mergeable and the data fingerprint is a hash over per-sample digests, so
 a sharded calibration gives the ranges and fingerprint of a single pass.
 """
@@ -14,9 +15,10 @@ import onnx
 from ..backends import onnxruntime as ort_backend
 from ..calib.collect import collect, expose_tensors
 from ..calib.stats import TensorStats
-from ..data.sources import batches, open_source
-from ..model import input_specs
-from .schema import Job
+from ..data.sources import batches, open_source, planned_count, prefetch
+from ..model import InputSpec, input_specs
+from ..progress import Progress
+from .schema import DataSpec, Job
 
 ShardMap = Callable[[Callable, list[tuple]], list]
 
@@ -45,24 +47,42 @@ class _Digests:
         self.items.append(d)
 
 
+def collect_range(model: onnx.ModelProto, groups: list[list[str]], axes: dict[str, int], spec: DataSpec,
+                  inputs: list[InputSpec], start: int, count: int | None, digest,
+                  progress: Progress | None = None) -> tuple[dict[str, TensorStats], int]:
+    """Statistics of the samples ``start … start+count-1`` (``count`` None: to the end), one pass
+    over them per tensor group; ``digest.update`` gets each sample's digest on the first pass.
+    Returns (statistics, samples). A single-process calibration is one such range."""
+    progress = progress or Progress()
+    stats: dict[str, TensorStats] = {}
+    samples = 0
+    for gi, group in enumerate(groups):
+        source = open_source(spec, inputs, "calibration")  # a fresh pass over the data
+        runner = ort_backend.BoundRunner(ort_backend.session(expose_tensors(model, group), optimize=True))
+        label = "calibrating" if len(groups) == 1 else f"calibrating (pass {gi + 1}/{len(groups)})"
+        seen = [0]
+        with progress.task(label, planned_count(source, start, count)) as advance:
+            def counted(n: int) -> None:
+                seen[0] += n
+                advance(n)
+
+            part = {t: TensorStats(axes.get(t)) for t in group}
+            collect(runner, group, prefetch(batches(source, inputs, spec.batch_size, "calibration", start, count,
+                                                    digest if gi == 0 else None)),
+                    on_batch=counted, stats=part, stride=spec.histogram_stride)
+        stats.update(part)
+        samples = samples or seen[0]
+        del runner
+    return stats, samples
+
+
 def collect_shard(job_json: dict, model_bytes: bytes, groups: list[list[str]], axes: dict[str, int],
-                  start: int, count: int, stride: int) -> dict:
-    """Statistics of samples ``start … start+count-1`` (one pass per tensor group). Runs in any
-    process: everything it needs comes in as plain values."""
+                  start: int, count: int) -> dict:
+    """One shard's statistics. Runs in any process: everything it needs comes in as plain values."""
     job = Job.model_validate(job_json)
     model = onnx.load_from_string(model_bytes)
-    inputs = input_specs(model)
-    spec = job.calibration
-    stats: dict[str, TensorStats] = {}
     digests = _Digests()
-    for gi, group in enumerate(groups):
-        runner = ort_backend.BoundRunner(ort_backend.session(expose_tensors(model, group), optimize=True))
-        source = open_source(spec, inputs, "calibration")
-        part = {t: TensorStats(axes.get(t)) for t in group}
-        collect(runner, group, batches(source, inputs, spec.batch_size, "calibration", start, count,
-                                       digests if gi == 0 else None), stats=part, stride=stride)
-        stats.update(part)
-        del runner
+    stats, _ = collect_range(model, groups, axes, job.calibration, input_specs(model), start, count, digests)
     return {"stats": stats, "digests": digests.items}
 
 
