@@ -87,3 +87,31 @@ def run_cli(capsys):
         return code, out, err
 
     return run
+
+
+# -- many-job runs (tests/test_run.py, tests/test_ray.py) ------------------------------------------
+RUN_ARTIFACTS = ("model.int8.onnx", "calibration.cache", "ranges.json", "engine.ort.onnx", "channel_means.npz")
+
+
+def artifact_bytes(folder: Path) -> dict[str, bytes]:
+    """The build artifacts that must be byte-identical however a job was run."""
+    return {f: (folder / f).read_bytes() for f in RUN_ARTIFACTS}
+
+
+def write_sweep(folder: Path, name: str, samples: int, seed: int, **extra) -> Path:
+    """tiny.onnx, ``samples`` labelled random samples and a job sweeping entropy/percentile/mse."""
+    onnx.save(tiny_model(), folder / "tiny.onnx")
+    rng = np.random.default_rng(seed)
+    np.savez(folder / "data.npz", input=rng.normal(0, 1, (samples, 3, 8, 8)).astype(np.float32),
+             labels=rng.integers(0, 3, samples))
+    job = {"name": name, "model": "tiny.onnx", "calibration": {"path": "data.npz", "batch_size": 4},
+           "evaluation": {"path": "data.npz", "batch_size": 4, "per_layer_samples": 4,
+                          "latency": {"batch_sizes": [1], "warmup": 1, "iterations": 2}},
+           "sweep": {"calibrator.method": ["entropy", "percentile", "mse"]}, **extra}
+    return write_job(folder / "sweep.yaml", job)
+
+
+def write_broken_job(folder: Path) -> Path:
+    """A job named 'bad' whose model file is not ONNX (its build fails)."""
+    (folder / "broken.onnx").write_bytes(b"not a model")
+    return write_job(folder / "bad.yaml", {"name": "bad", "model": "broken.onnx", "calibration": {"path": "data.npz"}})

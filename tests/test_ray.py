@@ -3,11 +3,10 @@ calibration shards as Ray tasks equal to one pass, failures isolated."""
 
 import json
 
-import numpy as np
-import onnx
 import pytest
 
-from conftest import tiny_model, write_job
+from conftest import artifact_bytes as _bytes
+from conftest import write_broken_job, write_job, write_sweep
 from trtq.jobs import run as runner
 from trtq.jobs.build import build
 from trtq.jobs.schema import load_job
@@ -15,9 +14,6 @@ from trtq.jobs.sweep import load_jobs
 
 ray = pytest.importorskip("ray", reason="Ray is a dev dependency (pip install -e .[dev])")
 from trtq.jobs import ray_cluster  # noqa: E402
-
-ARTIFACTS = ("model.int8.onnx", "calibration.cache", "ranges.json", "engine.ort.onnx", "channel_means.npz")
-
 
 @pytest.fixture(scope="module")
 def local_ray():
@@ -28,25 +24,12 @@ def local_ray():
 
 @pytest.fixture
 def jobs(tmp_path):
-    onnx.save(tiny_model(), tmp_path / "tiny.onnx")
-    rng = np.random.default_rng(3)
-    np.savez(tmp_path / "data.npz", input=rng.normal(0, 1, (20, 3, 8, 8)).astype(np.float32),
-             labels=rng.integers(0, 3, 20))
-    job = {"name": "r", "model": "tiny.onnx", "calibration": {"path": "data.npz", "batch_size": 4},
-           "evaluation": {"path": "data.npz", "batch_size": 4, "per_layer_samples": 4,
-                          "latency": {"batch_sizes": [1], "warmup": 1, "iterations": 2}},
-           "sweep": {"calibrator.method": ["entropy", "percentile", "mse"]}}
-    return tmp_path, write_job(tmp_path / "sweep.yaml", job)
-
-
-def _bytes(folder):
-    return {f: (folder / f).read_bytes() for f in ARTIFACTS}
+    return tmp_path, write_sweep(tmp_path, "r", samples=20, seed=3)
 
 
 def test_sweep_on_ray_matches_the_local_run_byte_for_byte(local_ray, jobs):
     folder, path = jobs
-    (folder / "broken.onnx").write_bytes(b"not a model")
-    bad = write_job(folder / "bad.yaml", {"name": "bad", "model": "broken.onnx", "calibration": {"path": "data.npz"}})
+    bad = write_broken_job(folder)
     local = runner.run(load_jobs([path]), out_root=folder / "local", executor=runner.LocalExecutor(1))
     on_ray = runner.run(load_jobs([path, bad]), out_root=folder / "ray", executor=ray_cluster.RayExecutor("local"))
     assert {i.job.name: i.status for i in on_ray} == {"r-entropy": "built", "r-percentile": "built",

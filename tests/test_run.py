@@ -2,39 +2,22 @@
 
 import json
 
-import numpy as np
-import onnx
 import pytest
 
-from conftest import tiny_model, write_job
+from conftest import artifact_bytes as _bytes
+from conftest import write_broken_job, write_job, write_sweep
 from trtq.errors import JobError
 from trtq.jobs import run as runner
 from trtq.jobs.schema import load_job
 from trtq.jobs.sweep import expand, load_jobs
 
-ARTIFACTS = ("model.int8.onnx", "calibration.cache", "ranges.json", "engine.ort.onnx", "channel_means.npz")
-
-
 @pytest.fixture
 def sweep(tmp_path):
-    onnx.save(tiny_model(), tmp_path / "tiny.onnx")
-    onnx.save(tiny_model(), tmp_path / "tiny2.onnx")
-    rng = np.random.default_rng(0)
-    np.savez(tmp_path / "data.npz", input=rng.normal(0, 1, (24, 3, 8, 8)).astype(np.float32),
-             labels=rng.integers(0, 3, 24))
-    job = {"name": "t", "model": "tiny.onnx", "calibration": {"path": "data.npz", "batch_size": 4},
-           "evaluation": {"path": "data.npz", "batch_size": 4, "per_layer_samples": 4,
-                          "latency": {"batch_sizes": [1], "warmup": 1, "iterations": 2}},
-           "sweep": {"calibrator.method": ["entropy", "percentile", "mse"]}, "output": "out"}
-    return tmp_path, write_job(tmp_path / "sweep.yaml", job)
+    return tmp_path, write_sweep(tmp_path, "t", samples=24, seed=0, output="out")
 
 
 def _run(path, *args, **kw):
     return runner.run(load_jobs([path], list(args)), **kw)
-
-
-def _bytes(folder):
-    return {f: (folder / f).read_bytes() for f in ARTIFACTS}
 
 
 def test_sweep_expands_in_key_order_with_value_names(tmp_path):
@@ -101,9 +84,7 @@ def test_only_the_stage_whose_inputs_changed_runs(sweep):
 def test_parallel_builds_give_the_same_artifacts_and_failures_are_isolated(sweep):
     folder, path = sweep
     serial = _run(path, out_root=folder / "serial", executor=runner.LocalExecutor(1))
-    (folder / "broken.onnx").write_bytes(b"not a model")
-    bad = write_job(folder / "bad.yaml", {"name": "bad", "model": "broken.onnx",
-                                          "calibration": {"path": "data.npz"}, "output": "out"})
+    bad = write_broken_job(folder)
     items = runner.run(load_jobs([path, bad]), out_root=folder / "par", executor=runner.LocalExecutor(2))
     status = {i.job.name: i.status for i in items}
     assert status == {"t-entropy": "built", "t-percentile": "built", "t-mse": "built", "bad": "failed"}
@@ -130,8 +111,7 @@ def test_sharded_calibration_equals_a_single_pass(sweep):
 
 def test_cli_exit_status_counts_failures_and_summary_is_written(sweep, run_cli):
     folder, path = sweep
-    (folder / "broken.onnx").write_bytes(b"not a model")
-    bad = write_job(folder / "bad.yaml", {"name": "bad", "model": "broken.onnx", "calibration": {"path": "data.npz"}})
+    bad = write_broken_job(folder)
     code, out, err = run_cli("run", path, bad, "--out", folder / "cli", "--workers", "1")
     assert code == 1
     assert "trtq: bad failed:" in err and "not an ONNX model" in err
