@@ -75,43 +75,42 @@ def shard_map(fn: Callable, args: list[tuple]) -> list:
     return ray.get([remote.remote(*a) for a in args])
 
 
+def _attempt(job: Job, work: Callable[[Path], None], shared_root: str | None,
+             files: dict[str, bytes] | None = None) -> dict:
+    """Run ``work(output root)`` for one job on a Ray node: in the shared root, or in a temporary
+    root (seeded with ``files``) whose job folder comes back as bytes. Errors are returned, not
+    raised: the driver reports them and the other jobs go on."""
+    t0 = time.perf_counter()
+
+    def run(root: Path, send_back: bool) -> dict:
+        try:
+            work(root)
+        except BaseException as exc:  # noqa: BLE001
+            return {"error": _error_text(exc), "seconds": time.perf_counter() - t0}
+        return {"error": None, "files": _read_tree(root / job.name) if send_back else None,
+                "seconds": time.perf_counter() - t0}
+
+    if shared_root is not None:  # the output root is mounted on every node: work there directly
+        return run(Path(shared_root), send_back=False)
+    with tempfile.TemporaryDirectory(prefix="trtq-ray-") as tmp:
+        if files is not None:
+            _write_tree(files, Path(tmp) / job.name)
+        return run(Path(tmp), send_back=True)
+
+
 def _build_remote(job_json: dict, shared_root: str | None = None) -> dict:
     from .build import build
 
     job = Job.model_validate(job_json)
-    t0 = time.perf_counter()
-    if shared_root is not None:  # the output root is mounted on every node: write there directly
-        try:
-            build(job, Path(shared_root), Progress(), shard_map=shard_map)
-        except BaseException as exc:  # noqa: BLE001
-            return {"error": _error_text(exc), "seconds": time.perf_counter() - t0}
-        return {"error": None, "files": None, "seconds": time.perf_counter() - t0}
-    with tempfile.TemporaryDirectory(prefix="trtq-ray-") as tmp:
-        try:
-            build(job, Path(tmp), Progress(), reuse=False, shard_map=shard_map)
-        except BaseException as exc:  # noqa: BLE001 - reported by the driver; the other jobs go on
-            return {"error": _error_text(exc), "seconds": time.perf_counter() - t0}
-        return {"error": None, "files": _read_tree(Path(tmp) / job.name), "seconds": time.perf_counter() - t0}
+    return _attempt(job, lambda root: build(job, root, Progress(), reuse=shared_root is not None, shard_map=shard_map),
+                    shared_root)
 
 
 def _evaluate_remote(job_json: dict, files: dict[str, bytes] | None, shared_root: str | None = None) -> dict:
     from .evaluation import reevaluate
 
     job = Job.model_validate(job_json)
-    t0 = time.perf_counter()
-    if shared_root is not None:
-        try:
-            reevaluate(job, Path(shared_root), Progress())
-        except BaseException as exc:  # noqa: BLE001
-            return {"error": _error_text(exc), "seconds": time.perf_counter() - t0}
-        return {"error": None, "files": None, "seconds": time.perf_counter() - t0}
-    with tempfile.TemporaryDirectory(prefix="trtq-ray-") as tmp:
-        _write_tree(files, Path(tmp) / job.name)
-        try:
-            reevaluate(job, Path(tmp), Progress())
-        except BaseException as exc:  # noqa: BLE001
-            return {"error": _error_text(exc), "seconds": time.perf_counter() - t0}
-        return {"error": None, "files": _read_tree(Path(tmp) / job.name), "seconds": time.perf_counter() - t0}
+    return _attempt(job, lambda root: reevaluate(job, root, Progress()), shared_root, files)
 
 
 def _resources(job: Job, cpus: int) -> dict:
