@@ -120,3 +120,19 @@ def test_cli_exit_status_counts_failures_and_summary_is_written(sweep, run_cli):
     assert doc["counts"] == {"built": 3, "evaluated": 0, "up to date": 0, "failed": 1}
     code, _, err = run_cli("run", folder / "missing.yaml")
     assert code == 2 and "missing.yaml: no such job file or folder" in err
+
+
+def test_ctrl_c_stops_the_run_instead_of_counting_as_a_failed_job(sweep, monkeypatch):
+    import trtq.jobs.build as build_mod
+
+    folder, path = sweep
+    calls = []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(build_mod, "build", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _run(path, out_root=folder / "ctrl-c", executor=runner.LocalExecutor(1))
+    assert calls == [1], "no further job started after Ctrl-C"

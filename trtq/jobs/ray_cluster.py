@@ -85,7 +85,7 @@ def _attempt(job: Job, work: Callable[[Path], None], shared_root: str | None,
     def run(root: Path, send_back: bool) -> dict:
         try:
             work(root)
-        except BaseException as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001
             return {"error": _error_text(exc), "seconds": time.perf_counter() - t0}
         return {"error": None, "files": _read_tree(root / job.name) if send_back else None,
                 "seconds": time.perf_counter() - t0}
@@ -154,7 +154,7 @@ class RayExecutor:
                 try:
                     with staged_output(it.root, it.job.name) as stage:
                         _write_tree(out["files"], stage)
-                except BaseException as exc:  # noqa: BLE001
+                except Exception as exc:  # noqa: BLE001
                     out["error"] = _error_text(exc)
             done(it, out["error"], out["seconds"])
 

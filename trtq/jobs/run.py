@@ -85,7 +85,7 @@ def build_task(job_json: dict, root: str, threads: int | None) -> tuple[str | No
     try:
         build(Job.model_validate(job_json), Path(root), Progress())
         return None, time.perf_counter() - t0
-    except BaseException as exc:  # noqa: BLE001 - isolate the failure; the others go on
+    except Exception as exc:  # noqa: BLE001 - isolate the failure; the others go on (Ctrl-C stops the run)
         return _error_text(exc), time.perf_counter() - t0
 
 
@@ -116,7 +116,7 @@ class LocalExecutor:
             for f in as_completed(futures):
                 try:
                     err, secs = f.result()
-                except BaseException as exc:  # noqa: BLE001 - a worker that died
+                except Exception as exc:  # noqa: BLE001 - a worker that died
                     err, secs = f"worker process failed: {_error_text(exc)}", 0.0
                 done(futures[f], err, secs)
 
@@ -127,9 +127,7 @@ class LocalExecutor:
         try:
             reevaluate(item.job, item.root, progress)
             return None, time.perf_counter() - t0
-        except BaseException as exc:  # noqa: BLE001
-            if isinstance(exc, KeyboardInterrupt):
-                raise
+        except Exception as exc:  # noqa: BLE001 - isolate the failure (Ctrl-C stops the run)
             return _error_text(exc), time.perf_counter() - t0
 
 
