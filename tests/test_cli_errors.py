@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 
 from conftest import write_job
@@ -208,3 +209,17 @@ def test_labels_csv_missing_an_image(tmp_path, run_cli):
                                           "calibration": {"path": "imgs", "preprocess": {"resize": 8, "crop": 8}}})
     code, _, err = run_cli("build", job)
     _assert_clean_error(code, err, "labels.csv", "2.png")
+
+
+def test_model_whose_activations_overflow(tiny, run_cli):
+    """Finite data, but the FP32 model itself produces inf: the build names the tensor."""
+    from onnx import numpy_helper
+
+    model = onnx.load(tiny["model"])
+    for i, init in enumerate(model.graph.initializer):
+        if init.name == "conv.w":
+            model.graph.initializer[i].CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * 1e38, "conv.w"))
+    onnx.save(model, tiny["dir"] / "overflow.onnx")
+    code, _, err = run_cli("build", _job(tiny, model="overflow.onnx"))
+    _assert_clean_error(code, err, "NaN or infinite values", "check the preprocessing and the model",
+                        out_dir=tiny["dir"] / "out")

@@ -20,9 +20,13 @@ FP32_WEIGHTED = {"Conv", "FusedConv", "Gemm", "FusedGemm", "MatMul", "FusedMatMu
 
 
 def session(model: onnx.ModelProto | str | Path, threads: int | None = None, optimize: bool = True,
-            optimized_path: Path | None = None) -> ort.InferenceSession:
+            optimized_path: Path | None = None, spin: bool = True) -> ort.InferenceSession:
+    """``spin=False`` stops ONNX Runtime's threads busy-waiting between runs: for calibration,
+    where trtq's folding threads need the cores as soon as a batch has run."""
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    if not spin:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if not threads:  # 'trtq run' gives each parallel build worker its share of the cores
         threads = int(os.environ.get("TRTQ_THREADS", "0")) or None
     opts.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize

@@ -60,29 +60,49 @@ def group_tensors(model: onnx.ModelProto, tensors: list[str], batch_size: int, b
     return groups
 
 
+def balance(tensors: list[str], sizes: dict[str, int | None], parts: int) -> list[list[str]]:
+    """Split ``tensors`` into ``parts`` lists of about equal total size (largest first, each to the
+    lightest list), so each folding thread gets one task per batch."""
+    out: list[list[str]] = [[] for _ in range(max(1, parts))]
+    load = [0] * len(out)
+    for t in sorted(tensors, key=lambda t: -(sizes.get(t) or 0)):
+        i = load.index(min(load))
+        out[i].append(t)
+        load[i] += sizes.get(t) or 1
+    return [p for p in out if p]
+
+
 def collect(run: Runner, tensors: list[str], batches: Iterable, on_batch: Callable[[int], None] | None = None,
-            stats: dict[str, TensorStats] | None = None, stride: int = 1, workers: int = 2) -> dict[str, TensorStats]:
+            stats: dict[str, TensorStats] | None = None, stride: int = 1, workers: int = 2,
+            sizes: dict[str, int | None] | None = None) -> dict[str, TensorStats]:
     """Fold every batch's values of ``tensors`` into per-tensor statistics.
 
     ``run(feeds, names)`` returns the arrays of ``names`` for one batch (tensors that are
     graph inputs are taken from the feeds directly). The tensors of a batch are folded on
-    ``workers`` threads (numpy releases the GIL in most of the work); each tensor's
-    statistics are only ever touched by one thread at a time, in batch order.
+    ``workers`` threads (the compiled kernel runs without the GIL), each thread taking a fixed
+    share of the tensors balanced by ``sizes`` (elements per sample); each tensor's statistics
+    are only ever touched by one thread, in batch order.
     """
     stats = {t: TensorStats() for t in tensors} if stats is None else stats
-    pool = ThreadPoolExecutor(workers) if workers > 1 else None
+    shares = balance(tensors, sizes or {}, workers)
+    pool = ThreadPoolExecutor(len(shares)) if len(shares) > 1 else None
+    values: dict[str, np.ndarray] = {}
+
+    def fold(share: list[str]) -> None:
+        for t in share:
+            stats[t].update(values[t], stride, t)
+
     try:
         for batch in batches:
             to_run = [t for t in tensors if t not in batch.feeds]
             values = dict(zip(to_run, run(batch.feeds, to_run))) if to_run else {}
             values.update({t: batch.feeds[t] for t in tensors if t in batch.feeds})
-            jobs = [(stats[t], values[t]) for t in tensors]
             if pool is None:
-                for st, v in jobs:
-                    st.update(v, stride)
+                for share in shares:
+                    fold(share)
             else:
-                list(pool.map(lambda job: job[0].update(job[1], stride), jobs))
-            del values, jobs
+                list(pool.map(fold, shares))
+            values = {}
             if on_batch is not None:
                 on_batch(len(batch))
     finally:

@@ -10,7 +10,8 @@ the coarser width from the start would have given. Hence the statistics are:
   maximum, and counts are sums), and
 * exactly mergeable: ``a.merge(b)`` equals the statistics of both halves' data together.
 
-Memory is ``NBINS`` int64 counts per tensor, whatever the number of samples.
+Memory is ``NBINS`` int64 counts per tensor, whatever the number of samples. The folding itself
+is the compiled single-pass kernel of :mod:`trtq.calib.kernels`.
 """
 
 from __future__ import annotations
@@ -19,17 +20,12 @@ import math
 
 import numpy as np
 
-NBINS = 16384  # fine bins; methods needing TensorRT's 2048-bin view re-bin from these
-_LOG2_NBINS = 14
-_EMPTY_EXP = -160  # width exponent of a histogram that has seen only zeros
+from ..errors import DataError
+from . import kernels
+from .kernels import EMPTY_EXP as _EMPTY_EXP
+from .kernels import NBINS  # fine bins; methods needing TensorRT's 2048-bin view re-bin from these
 
-
-def _exp_for(amax: float) -> int:
-    """Smallest exponent e with ``amax / 2**e < NBINS``."""
-    if amax <= 0.0:
-        return _EMPTY_EXP
-    _, k = math.frexp(amax)  # amax = f * 2**k, 0.5 <= f < 1
-    return max(k - _LOG2_NBINS, _EMPTY_EXP)
+_MAX_VALUES_PER_CALL = 1 << 30  # the kernel's per-call counts are int32
 
 
 class TensorStats:
@@ -56,21 +52,6 @@ class TensorStats:
         per_sample = self.count // self.samples // len(self.channel_sum)
         return self.channel_sum / (self.samples * per_sample)
 
-    def _update_channels(self, x: np.ndarray) -> None:
-        if self.channel_axis is None or x.ndim < 2:
-            return
-        axis = self.channel_axis % x.ndim
-        if axis == 0:
-            return
-        c = x.shape[axis]
-        moved = np.moveaxis(x, axis, 1).reshape(len(x), c, -1)
-        per_sample = moved.sum(axis=2, dtype=np.float64)
-        if self.channel_sum is None:
-            self.channel_sum = np.zeros(c, dtype=np.float64)
-        for row in per_sample:  # sequential over samples: the same order whatever the batching
-            self.channel_sum += row
-        self.samples += len(x)
-
     @property
     def absmax(self) -> float:
         return 0.0 if self.count == 0 else max(abs(self.min), abs(self.max))
@@ -88,28 +69,36 @@ class TensorStats:
                                 minlength=NBINS).astype(np.int64)
         self.exp = exp
 
-    def update(self, x: np.ndarray, stride: int = 1) -> None:
+    def update(self, x: np.ndarray, stride: int = 1, name: str = "") -> None:
         """Fold a batch (first axis = samples) in. ``stride`` > 1 histograms every stride-th
-        element of each sample (min/max/count stay exact): cheaper, and still independent of
-        batch size and order because the subsample is fixed per sample."""
+        element of each sample (min/max/count and channel sums stay exact): cheaper, and still
+        independent of batch size and order because the subsample is fixed per sample.
+        A NaN or inf is a :class:`DataError` naming ``name``."""
         x = np.asarray(x)
         if x.size == 0:
             return
-        self._update_channels(x)
-        lo, hi = float(x.min()), float(x.max())
-        self.min, self.max = min(self.min, lo), max(self.max, hi)
+        axis = None if self.channel_axis is None or x.ndim < 2 else self.channel_axis % x.ndim
+        x = np.ascontiguousarray(x.reshape(len(x), -1) if x.ndim < 2 else x, dtype=np.float32)
+        n = len(x)  # (float16/float64 activations are folded as float32)
+        if axis is not None and axis > 0:
+            shape = (n, int(np.prod(x.shape[1:axis])), x.shape[axis], int(np.prod(x.shape[axis + 1:])))
+            if self.channel_sum is None:
+                self.channel_sum = np.zeros(x.shape[axis], dtype=np.float64)
+            sums = self.channel_sum
+            self.samples += n
+        else:
+            shape = (n, 1, 1, x.size // n)
+            sums = np.zeros(0, dtype=np.float64)
+        x4 = x.reshape(shape)
+        hist = self.hist.reshape(1, -1)
+        step = max(1, _MAX_VALUES_PER_CALL // max(1, x.size // n))
+        for first in range(0, n, step):
+            lo, hi, self.exp, bad = kernels.fold(x4[first:first + step], stride, hist, self.exp, sums)
+            if bad:
+                raise DataError(f"tensor {name or '?'} has NaN or infinite values in the calibration data; "
+                                       "check the preprocessing and the model on these inputs")
+            self.min, self.max = min(self.min, lo), max(self.max, hi)
         self.count += x.size
-        if stride > 1:
-            x = x.reshape(len(x), -1)[:, ::stride]
-        self._coarsen_to(_exp_for(self.absmax))
-        if self.exp == _EMPTY_EXP:  # only zeros so far
-            self.hist[0] += x.size
-            return
-        wide = x.dtype == np.float64 or self.exp < -100  # 2**-exp must not overflow float32
-        a = np.abs(x, dtype=np.float64 if wide else np.float32)
-        a *= a.dtype.type(math.ldexp(1.0, -self.exp))  # exact: multiply by a power of two
-        idx = a.astype(np.intp).ravel()  # bincount's own index type: no second conversion
-        self.hist += np.bincount(idx, minlength=NBINS)
 
     def merge(self, other: "TensorStats") -> "TensorStats":
         """Exact for counts, min/max and histogram; channel sums add (equal to the whole's to

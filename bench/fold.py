@@ -1,0 +1,127 @@
+"""Folding cost per value: trtq's compiled kernel against the numpy expression it replaced.
+
+    python bench/fold.py [--images DIR] [--model PATH] [--repeats 5]
+
+Takes the activations EfficientNet-Lite0 exposes for calibration on one batch of 8 real photos
+(60 tensors, ~57 M values), then folds all of them into fresh statistics, on one thread:
+
+* ``numpy``  — min/max, per-channel float64 sums, ``|x| * 2**-e`` → int → ``np.bincount``
+               (trtq's fold before the kernel; the width e picked from the batch's max first);
+* ``kernel`` — ``TensorStats.update`` (trtq/calib/kernels.py), stride 1 and 4.
+
+Checks that both give the same counts, min/max and sums, and prints the median ns per value of
+``--repeats`` runs, side by side. Writes the table to bench/results/fold.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+PREPROCESS = {"resize": 256, "interpolation": "bicubic", "crop": 224, "mean": 127, "std": 128}
+
+
+def activations(images: Path, model_path: Path) -> dict[str, tuple[np.ndarray, int | None]]:
+    from trtq.backends.onnxruntime import Runner, session
+    from trtq.calib.collect import expose_tensors
+    from trtq.data.sources import batches, open_source
+    from trtq.jobs.schema import DataSpec
+    from trtq.model import input_specs, load_model
+    from trtq.quant.qdq import name_nodes, plan_quantization
+
+    model = load_model(model_path)
+    name_nodes(model)
+    plan, inputs = plan_quantization(model), input_specs(model)
+    spec = DataSpec.model_validate({"path": str(images), "preprocess": PREPROCESS, "batch_size": 8, "max_samples": 8})
+    batch = next(iter(batches(open_source(spec, inputs, "calibration"), inputs, 8, "calibration", 0, 8)))
+    names = [t for t in plan.activations if t not in batch.feeds]
+    values = dict(zip(names, Runner(session(expose_tensors(model, names)))(batch.feeds, names)))
+    values.update({t: batch.feeds[t] for t in plan.activations if t in batch.feeds})
+    axes = plan.channel_axes()
+    return {t: (np.ascontiguousarray(v, dtype=np.float32), axes.get(t)) for t, v in values.items()}
+
+
+def numpy_fold(x: np.ndarray, axis: int | None):
+    """The numpy statistics of one batch: (exp, counts, min, max, channel sums)."""
+    lo, hi = float(x.min()), float(x.max())
+    amax = max(-lo, hi)
+    exp = -160 if amax == 0 else max(math.frexp(amax)[1] - 14, -160)
+    a = np.abs(x)
+    a *= np.float32(math.ldexp(1.0, -exp)) if exp > -100 else 1.0
+    counts = np.bincount(a.astype(np.intp).ravel(), minlength=16384)
+    sums = None
+    if axis is not None and x.ndim > 1 and axis % x.ndim:
+        moved = np.moveaxis(x, axis, 1).reshape(len(x), x.shape[axis], -1)
+        sums = moved.sum(axis=2, dtype=np.float64).sum(axis=0)
+    return exp, counts, lo, hi, sums
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--images", type=Path, default=ROOT.parent / "shared" / "data" / "imagenet-sample-500")
+    ap.add_argument("--model", type=Path, default=ROOT.parent / "shared" / "models" / "efficientnet_lite0.onnx")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "fold.md")
+    args = ap.parse_args(argv)
+    for need in (args.images, args.model):
+        if not need.exists():
+            print(f"skipped: {need} is absent (the benchmark needs the project's ../shared data)")
+            return 0
+    from trtq.calib.stats import TensorStats
+
+    acts = activations(args.images, args.model)
+    total = sum(x.size for x, _ in acts.values())
+
+    def kernel(stride):
+        out = {}
+        for t, (x, axis) in acts.items():
+            st = TensorStats(axis)
+            st.update(x, stride, t)
+            out[t] = st
+        return out
+
+    # same answers first
+    ref = {t: numpy_fold(x, axis) for t, (x, axis) in acts.items()}
+    got = kernel(1)
+    for t, (exp, counts, lo, hi, sums) in ref.items():
+        st = got[t]
+        same = st.exp == exp and np.array_equal(st.hist, counts) and (st.min, st.max) == (lo, hi)
+        if sums is not None:
+            same = same and np.allclose(st.channel_sum, sums, rtol=1e-10)
+        if not same:
+            print(f"MISMATCH on {t}")
+            return 1
+    rows = [("numpy (before)", lambda: [numpy_fold(x, a) for x, a in acts.values()]),
+            ("kernel, stride 1", lambda: kernel(1)), ("kernel, stride 4", lambda: kernel(4))]
+    times = {name: [] for name, _ in rows}
+    for _ in range(args.repeats):  # interleaved, so drifts in machine speed hit every row alike
+        for name, fn in rows:
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    base = statistics.median(times[rows[0][0]])
+    lines = [f"Folding the calibration activations of EfficientNet-Lite0 (one batch of 8 photos, {len(acts)} tensors, "
+             f"{total / 1e6:.1f} M values) on one thread, median of {args.repeats} "
+             f"({time.strftime('%Y-%m-%d')}). Counts, min/max and channel sums identical.", "",
+             "| fold | ns per value | × numpy time |", "|---|---|---|"]
+    for name, _ in rows:
+        med = statistics.median(times[name])
+        lines.append(f"| {name} | {med / total * 1e9:.2f} | {med / base:.2f} |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
