@@ -27,10 +27,8 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from _common import EFFNET, IMAGES, ROOT, effnet_setup, missing_shared, publish
 
-PREPROCESS = {"resize": 256, "interpolation": "bicubic", "crop": 224, "mean": 127, "std": 128}
 BATCH = 8
 
 
@@ -39,15 +37,7 @@ def _peak_rss_mb() -> float:
 
 
 def _spec_and_model(args):
-    from trtq.jobs.schema import DataSpec
-    from trtq.model import input_specs, load_model
-    from trtq.quant.qdq import name_nodes, plan_quantization
-
-    spec = DataSpec.model_validate({"path": str(args.images), "preprocess": PREPROCESS, "batch_size": BATCH,
-                                    "max_samples": args.n, "histogram_stride": args.stride})
-    model = load_model(Path(args.model))
-    name_nodes(model)
-    return spec, model, input_specs(model), plan_quantization(model)
+    return effnet_setup(args.images, args.model, BATCH, args.n, args.stride)
 
 
 def _batches(spec, inputs):
@@ -133,8 +123,8 @@ def run_worker(args, name: str, n: int, stride: int = 1, limit_gb: float | None 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--images", type=Path, default=ROOT.parent / "shared" / "data" / "imagenet-sample-500")
-    ap.add_argument("--model", type=Path, default=ROOT.parent / "shared" / "models" / "efficientnet_lite0.onnx")
+    ap.add_argument("--images", type=Path, default=IMAGES)
+    ap.add_argument("--model", type=Path, default=EFFNET)
     ap.add_argument("--counts", type=int, nargs="+", default=[100, 500])
     ap.add_argument("--ort-limit-gb", type=float, default=12.0)
     ap.add_argument("--skip-ort", action="store_true")
@@ -169,10 +159,8 @@ def main(argv=None) -> int:
         print(json.dumps(res))
         return 0
 
-    for need in (args.images, args.model):
-        if not need.exists():
-            print(f"skipped: {need} is absent (the benchmark needs the project's ../shared data)")
-            return 0
+    if missing_shared(args.images, args.model):
+        return 0
     rows = []
     # the kernel is compiled once per installation (numba caches it); the rows below load it
     warm = run_worker(args, "warm", 0)
@@ -211,10 +199,7 @@ def main(argv=None) -> int:
         lo, hi = min(trtq), max(trtq)
         lines += ["", f"trtq peak RSS with {hi} images / with {lo} images: "
                       f"{trtq[hi]['peak_rss_mb'] / trtq[lo]['peak_rss_mb']:.3f}"]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
+    publish("\n".join(lines) + "\n", args.out)
     return 0
 
 

@@ -18,30 +18,20 @@ from __future__ import annotations
 import argparse
 import math
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-PREPROCESS = {"resize": 256, "interpolation": "bicubic", "crop": 224, "mean": 127, "std": 128}
+from _common import EFFNET, IMAGES, ROOT, effnet_setup, missing_shared, publish
 
 
 def activations(images: Path, model_path: Path) -> dict[str, tuple[np.ndarray, int | None]]:
     from trtq.backends.onnxruntime import Runner, session
     from trtq.calib.collect import expose_tensors
     from trtq.data.sources import batches, open_source
-    from trtq.jobs.schema import DataSpec
-    from trtq.model import input_specs, load_model
-    from trtq.quant.qdq import name_nodes, plan_quantization
 
-    model = load_model(model_path)
-    name_nodes(model)
-    plan, inputs = plan_quantization(model), input_specs(model)
-    spec = DataSpec.model_validate({"path": str(images), "preprocess": PREPROCESS, "batch_size": 8, "max_samples": 8})
+    spec, model, inputs, plan = effnet_setup(images, model_path, 8, 8)
     batch = next(iter(batches(open_source(spec, inputs, "calibration"), inputs, 8, "calibration", 0, 8)))
     names = [t for t in plan.activations if t not in batch.feeds]
     values = dict(zip(names, Runner(session(expose_tensors(model, names)))(batch.feeds, names)))
@@ -55,8 +45,9 @@ def numpy_fold(x: np.ndarray, axis: int | None):
     lo, hi = float(x.min()), float(x.max())
     amax = max(-lo, hi)
     exp = -160 if amax == 0 else max(math.frexp(amax)[1] - 14, -160)
-    a = np.abs(x)
-    a *= np.float32(math.ldexp(1.0, -exp)) if exp > -100 else 1.0
+    wide = exp <= -100  # 2**-exp must stay a normal float32
+    a = np.abs(x, dtype=np.float64 if wide else np.float32)
+    a *= a.dtype.type(math.ldexp(1.0, -exp))
     counts = np.bincount(a.astype(np.intp).ravel(), minlength=16384)
     sums = None
     if axis is not None and x.ndim > 1 and axis % x.ndim:
@@ -67,15 +58,13 @@ def numpy_fold(x: np.ndarray, axis: int | None):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--images", type=Path, default=ROOT.parent / "shared" / "data" / "imagenet-sample-500")
-    ap.add_argument("--model", type=Path, default=ROOT.parent / "shared" / "models" / "efficientnet_lite0.onnx")
+    ap.add_argument("--images", type=Path, default=IMAGES)
+    ap.add_argument("--model", type=Path, default=EFFNET)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "fold.md")
     args = ap.parse_args(argv)
-    for need in (args.images, args.model):
-        if not need.exists():
-            print(f"skipped: {need} is absent (the benchmark needs the project's ../shared data)")
-            return 0
+    if missing_shared(args.images, args.model):
+        return 0
     from trtq.calib.stats import TensorStats
 
     acts = activations(args.images, args.model)
@@ -116,10 +105,7 @@ def main(argv=None) -> int:
     for name, _ in rows:
         med = statistics.median(times[name])
         lines.append(f"| {name} | {med / total * 1e9:.2f} | {med / base:.2f} |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
+    publish("\n".join(lines) + "\n", args.out)
     return 0
 
 

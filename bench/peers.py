@@ -32,8 +32,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from _common import PREPROCESS, ROOT, publish  # noqa: E402 (puts the repository on sys.path)
+
 sys.path.insert(0, str(ROOT / "examples"))
 
 from trtq.backends.onnxruntime import Runner, count_kernels, cpu_info, session  # noqa: E402
@@ -42,7 +42,6 @@ from trtq.evaluate.latency import interleaved  # noqa: E402
 from trtq.jobs.schema import DataSpec  # noqa: E402
 from trtq.model import input_specs, load_model  # noqa: E402
 
-EFF_PRE = {"resize": 256, "interpolation": "bicubic", "crop": 224, "mean": 127, "std": 128}
 
 
 def _data(spec: dict, model: onnx.ModelProto, skip: int, count: int | None, bs: int):
@@ -187,13 +186,13 @@ def main(argv=None) -> int:
              "INT8 and FP32 interleaved in the same loop; speed-up = FP32 / INT8.", ""]
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        eff_job = {"name": "eff", "model": str(eff), "calibration": {"path": str(imgs), "preprocess": EFF_PRE,
+        eff_job = {"name": "eff", "model": str(eff), "calibration": {"path": str(imgs), "preprocess": PREPROCESS,
                    "batch_size": 10, "max_samples": 100}}
         mnist_job = {"name": "mnist", "model": str(mnist), "calibration": {
             "loader": f"{ROOT / 'examples' / 'mnist_idx.py'}:test_set", "batch_size": 1, "max_samples": 1000}}
         suites = [
             ("EfficientNet-Lite0, 400 held-out ImageNet photos", run_model(
-                "eff", eff, {"path": str(imgs), "preprocess": EFF_PRE}, eff_job, 100, 10, 100, None, 8, (1, 8),
+                "eff", eff, {"path": str(imgs), "preprocess": PREPROCESS}, eff_job, 100, 10, 100, None, 8, (1, 8),
                 args.iterations, tmp, args.threads)),
             ("MNIST CNN, 10,000 test images (fixed batch 1)", run_model(
                 "mnist", mnist, {"loader": f"{ROOT / 'examples' / 'mnist_idx.py'}:test_set"}, mnist_job, 1000, 1, 0,
@@ -216,10 +215,7 @@ def main(argv=None) -> int:
                          f"{100 * r['agree']:.2f} % | {l1[0]:.2f} → {l1[1]:.2f} | {l1[0] / l1[1]:.2f}× | {bs8} | "
                          f"{r['int8_kernels']} / {r['fp32_kernels']} | {r['build_s']:.1f} |")
         lines.append("")
-    text = "\n".join(lines)
-    print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
+    publish("\n".join(lines), args.out)
     return 0
 
 
