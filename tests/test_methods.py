@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from trtq.calib.methods import MSE, Entropy, MinMax, Percentile, kl_threshold, make_method, rebin
+from trtq.calib.methods import MSE, Entropy, MinMax, Percentile, kl_threshold, make_method, mse_threshold, rebin
 from trtq.calib.stats import TensorStats
 from trtq.errors import JobError
 from trtq.jobs.schema import CalibratorSpec
@@ -84,6 +84,30 @@ def test_mse_on_uniform_data_clips_just_below_the_max():
     amax = MSE().compute_amax(_stats(x))
     # analytic optimum for U(-1,1), 8 bits: (1-a)^2 = 2a/(12*127^2) → a ≈ 0.9968
     assert 0.993 <= amax <= 1.0
+
+
+def brute_force_mse_bins(hist: np.ndarray, start_bin: int = 128, qmax: int = 127) -> int:
+    """Every candidate i, every bin: quantize the bin centre with step i/qmax, sum the errors."""
+    centres = np.arange(len(hist)) + 0.5
+    errors = []
+    for i in range(start_bin, len(hist) + 1):
+        step = i / qmax
+        q = np.clip(np.rint(centres / step), 0, qmax) * step
+        errors.append(float(((q - centres) ** 2 * hist).sum()))
+    return start_bin + int(np.argmin(errors))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_prefix_sum_mse_equals_the_brute_force_search(seed):
+    rng = np.random.default_rng(seed)
+    draws = [np.abs(rng.normal(0, 1, 50_000)), np.abs(rng.standard_cauchy(50_000)), rng.uniform(0, 1, 50_000),
+             np.concatenate([np.abs(rng.normal(0, 1, 20_000)), rng.uniform(0, 40, 7)]),
+             np.concatenate([np.zeros(30_000), np.abs(rng.laplace(0, 1, 2_000))]), rng.exponential(1, 50_000)]
+    x = draws[seed]
+    hist = np.histogram(x, bins=2048, range=(0, x.max()))[0].astype(np.float64)
+    assert mse_threshold(hist) == brute_force_mse_bins(hist)
+    short = hist[:300].copy()
+    assert mse_threshold(short) == brute_force_mse_bins(short)
 
 
 def test_mse_trades_one_outlier_against_rounding_error():

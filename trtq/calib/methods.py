@@ -7,6 +7,9 @@ from stored statistics). A user calibrator is any class with the same method.
 
 from __future__ import annotations
 
+import math
+
+import numba as nb
 import numpy as np
 
 from ..errors import JobError
@@ -111,34 +114,47 @@ def kl_threshold(hist: np.ndarray, start_bin: int = 128, levels: int = 128) -> i
     if n < start_bin or total == 0:
         return n
     csum = np.concatenate([[0.0], np.cumsum(h)])
-    cnz = np.concatenate([[0], np.cumsum(h != 0)])
+    cnz = np.concatenate([[0.0], np.cumsum(h != 0)])
     hlogh = np.where(h > 0, h * np.log(np.where(h > 0, h, 1.0)), 0.0)
     chl = np.concatenate([[0.0], np.cumsum(hlogh)])
-    cand = np.arange(start_bin, n + 1)
-    tail = total - csum[cand]
-    k = np.arange(levels + 1)
-    edges = (k[None, :] * cand[:, None] + levels - 1) // levels  # first bin of each level; last = i
-    L = csum[edges[:, 1:]] - csum[edges[:, :-1]]
-    N = cnz[edges[:, 1:]] - cnz[edges[:, :-1]]
-    ok = (L > 0) & (N > 0)
-    plogq = np.where(ok, L * np.log(np.where(ok, L / np.where(N > 0, N, 1), 1.0)), 0.0).sum(axis=1)
-    last = h[cand - 1]
-    q_last = np.where(N[:, -1] > 0, L[:, -1] / np.maximum(N[:, -1], 1), 0.0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        plogq = plogq + np.where(tail > 0, tail * np.log(q_last), 0.0)
-        p_last = last + tail
-        plogp = chl[cand - 1] + np.where(p_last > 0, p_last * np.log(np.where(p_last > 0, p_last, 1.0)), 0.0)
+    return int(_kl_best(h, csum, cnz, chl, float(total), start_bin, levels))
+
+
+@nb.njit(cache=True, nogil=True)
+def _kl_best(h, csum, cnz, chl, total, start_bin, levels):
+    n = len(h)
+    best, best_kl = n, np.inf
+    log_total = math.log(total)
+    for i in range(start_bin, n + 1):
+        tail = total - csum[i]
+        plogq = 0.0
+        L = 0.0
+        N = 0.0
+        for k in range(levels):
+            a = (k * i + levels - 1) // levels  # first bin of level k
+            b = ((k + 1) * i + levels - 1) // levels
+            L = csum[b] - csum[a]
+            N = cnz[b] - cnz[a]
+            if L > 0 and N > 0:
+                plogq += L * math.log(L / N)
+        last = h[i - 1]
         q_total = total - tail
-        kl = (plogp - plogq) / total - np.log(total) + np.log(q_total)
-    kl = np.where((tail > 0) & (last == 0), np.inf, kl)  # outliers land on an empty bin: Q is 0 there
-    kl = np.where(q_total > 0, kl, np.inf)
-    best = len(kl) - 1 - int(np.argmin(kl[::-1]))  # the last minimum, as in NVIDIA's reference
-    return int(cand[best])
+        if (tail > 0 and last == 0) or q_total <= 0:
+            continue  # outliers land on an empty bin (Q is 0 there), or nothing is left in Q
+        if tail > 0:  # L, N: the last level, which holds bin i-1
+            plogq += tail * math.log(L / N)
+        p_last = last + tail
+        plogp = chl[i - 1] + (p_last * math.log(p_last) if p_last > 0 else 0.0)
+        kl = (plogp - plogq) / total - log_total + math.log(q_total)
+        if kl <= best_kl:  # the last minimum, as in NVIDIA's reference
+            best, best_kl = i, kl
+    return best
 
 
 class MSE:
     """The amax minimising the mean-squared error of int8 quantize→dequantize of |x|,
-    searched over the upper edges of the 2048-bin histogram from bin 128 up."""
+    searched over the upper edges of the 2048-bin histogram from bin 128 up (values taken at
+    their bin centres)."""
 
     name = "mse"
 
@@ -149,22 +165,47 @@ class MSE:
         hist, width = rebin(stats)
         if width == 0:
             return 0.0
-        centers = (np.arange(len(hist)) + 0.5) * width
-        nz = hist > 0
-        c, n = centers[nz], hist[nz]
-        candidates = np.arange(self.start_bin, len(hist) + 1) * width
-        best, best_err = candidates[-1], np.inf
-        for chunk in np.array_split(candidates, max(1, len(candidates) // 128)):
-            s = (chunk / self.qmax)[:, None]
-            q = np.clip(np.rint(c[None, :] / s), 0, self.qmax) * s
-            err = ((q - c[None, :]) ** 2 * n[None, :]).sum(axis=1)
-            k = int(np.argmin(err))
-            if err[k] < best_err:
-                best, best_err = chunk[k], err[k]
-        return float(best)
+        return mse_threshold(hist, self.start_bin, self.qmax) * width
 
     def describe(self) -> dict:
         return {"method": self.name, "start_bin": self.start_bin}
+
+
+def mse_threshold(hist: np.ndarray, start_bin: int = 128, qmax: int = 127) -> int:
+    """The bin count ``i`` (amax = i bin widths) with the least quantization error for ``hist``.
+
+    In units of one bin: bin b holds n_b values at c_b = b + ½. For candidate i the step is
+    s = i/qmax; bin b < i rounds to level j when (2j−1)·i ≤ (2b+1)·qmax < (2j+1)·i (exact
+    integers; at a tie both levels are equally far), and bins from i on clip to i. The error of
+    bins [lo, hi) at level value v is Σn·c² − 2v·Σn·c + v²·Σn, from three prefix sums: O(qmax)
+    per candidate, not O(bins). The first candidate with the least error wins."""
+    n = np.asarray(hist, dtype=np.float64)
+    if len(n) < start_bin or n.sum() == 0:
+        return len(n)
+    c = np.arange(len(n), dtype=np.float64) + 0.5
+    s0, s1, s2 = (np.concatenate([[0.0], np.cumsum(n * c ** k)]) for k in (0, 1, 2))
+    return int(_mse_best(s0, s1, s2, start_bin, qmax))
+
+
+@nb.njit(cache=True, nogil=True)
+def _mse_best(s0, s1, s2, start_bin, qmax):
+    nbins = len(s0) - 1
+    best, best_err = nbins, np.inf
+    for i in range(start_bin, nbins + 1):
+        step = i / qmax
+        err = 0.0
+        lo = 0
+        for j in range(qmax + 1):
+            # first bin of level j + 1: ceil(((2j+1)·i − qmax) / 2qmax), within [lo, i]
+            hi = min(max(-((qmax - (2 * j + 1) * i) // (2 * qmax)), lo), i)
+            v = j * step
+            err += (s2[hi] - s2[lo]) - 2.0 * v * (s1[hi] - s1[lo]) + v * v * (s0[hi] - s0[lo])
+            lo = hi
+        a = float(i)
+        err += (s2[nbins] - s2[i]) - 2.0 * a * (s1[nbins] - s1[i]) + a * a * (s0[nbins] - s0[i])
+        if err < best_err:
+            best, best_err = i, err
+    return best
 
 
 BUILTIN = {"minmax": MinMax, "percentile": Percentile, "entropy": Entropy, "mse": MSE}
