@@ -9,7 +9,8 @@ from onnx import helper, numpy_helper
 
 from conftest import tiny_model, write_job
 from trtq.backends.onnxruntime import Runner, session
-from trtq.calib.collect import collect, expose_tensors
+from trtq.calib.collect import collect
+from trtq.model import expose_tensors
 from trtq.calib.methods import MinMax, compute_ranges
 from trtq.data.sources import Batch
 from trtq.evaluate.latency import interleaved

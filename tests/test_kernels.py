@@ -97,3 +97,40 @@ def test_non_finite_values_are_a_clear_error(bad):
     x[1, 257] = bad
     with pytest.raises(DataError, match="tensor conv3_out has NaN or infinite values"):
         TensorStats().update(x, name="conv3_out")
+
+
+def _blocked(x: np.ndarray, block: int) -> np.ndarray:
+    """(N, C, H, W) in ONNX Runtime's NCHWc memory order, still shaped (N, C, H, W)."""
+    n, c, h, w = x.shape
+    return np.ascontiguousarray(x.reshape(n, c // block, block, h * w).transpose(0, 1, 3, 2)).reshape(x.shape)
+
+
+@pytest.mark.parametrize("shape, block", [((3, 16, 7, 9), 8), ((2, 24, 56, 56), 8), ((2, 32, 5, 5), 16),
+                                          ((2, 8, 1, 3), 8), ((2, 8, 30, 30), 4), ((2, 64, 17, 3), 32),
+                                          ((2, 128, 9, 11), 64)])
+@pytest.mark.parametrize("axis", [1, None])
+def test_blocked_layout_gives_the_nchw_statistics_bitwise(shape, block, axis):
+    rng = np.random.default_rng(block)
+    size = int(np.prod(shape))
+    # magnitudes over 2**±30, so that float64 sums round and a change of summation order shows
+    x = (rng.standard_normal(size) * 2.0 ** rng.integers(-30, 30, size)).astype(np.float32).reshape(shape)
+    x[x < -0.5] = 0.0
+    nchw, nchwc = TensorStats(axis), TensorStats(axis)
+    for part in (slice(0, 1), slice(1, None)):  # two batches: the second widens the bins
+        nchw.update(x[part])
+        nchwc.update(_blocked(x[part], block), block=block)
+    check(nchwc, x, axis=axis)
+    assert nchwc == nchw and nchwc.samples == nchw.samples
+    if axis is not None:  # the same accumulation order: equal bits, not just close
+        assert np.array_equal(nchwc.channel_sum, nchw.channel_sum)
+
+
+def test_blocked_layout_checks_its_input():
+    with pytest.raises(ValueError, match="multiple of 8"):
+        TensorStats(1).update(np.ones((1, 12, 2, 2), np.float32), block=8, name="t")
+    with pytest.raises(ValueError, match="channels on axis 1"):
+        TensorStats(2).update(np.ones((1, 8, 2, 2), np.float32), block=8, name="t")
+    x = np.ones((2, 8, 4, 4), np.float32)
+    x[1, 3, 2, 1] = np.nan
+    with pytest.raises(DataError, match="tensor t has NaN"):
+        TensorStats(1).update(x, block=8, name="t")

@@ -8,7 +8,8 @@ from onnx import numpy_helper
 
 from conftest import tiny_model
 from trtq.backends.onnxruntime import Runner, session
-from trtq.calib.collect import collect, expose_tensors
+from trtq.calib.collect import collect
+from trtq.model import expose_tensors
 from trtq.calib.methods import MinMax, compute_ranges
 from trtq.data.sources import Batch
 from trtq.evaluate.metrics import sqnr_db

@@ -122,3 +122,15 @@ def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
 
 def output_names(model: onnx.ModelProto) -> list[str]:
     return [o.name for o in model.graph.output]
+
+
+def expose_tensors(model: onnx.ModelProto, tensors: list[str]) -> onnx.ModelProto:
+    """A copy of ``model`` whose graph outputs also include ``tensors`` (graph inputs excepted)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    have = {o.name for o in out.graph.output} | {i.name for i in out.graph.input}
+    types = {vi.name: vi.type.tensor_type.elem_type for vi in out.graph.value_info}
+    for name in tensors:
+        if name not in have:
+            out.graph.output.append(helper.make_tensor_value_info(name, types.get(name, onnx.TensorProto.FLOAT), None))
+    return out

@@ -8,23 +8,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import onnx
-from onnx import helper
 
 from .stats import TensorStats
 
 Runner = Callable[[dict[str, np.ndarray], list[str]], list[np.ndarray]]
-
-
-def expose_tensors(model: onnx.ModelProto, tensors: list[str]) -> onnx.ModelProto:
-    """A copy of ``model`` whose graph outputs also include ``tensors`` (graph inputs excepted)."""
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    have = {o.name for o in out.graph.output} | {i.name for i in out.graph.input}
-    types = {vi.name: vi.type.tensor_type.elem_type for vi in out.graph.value_info}
-    for name in tensors:
-        if name not in have:
-            out.graph.output.append(helper.make_tensor_value_info(name, types.get(name, onnx.TensorProto.FLOAT), None))
-    return out
 
 
 def tensor_elements(model: onnx.ModelProto, tensors: list[str]) -> dict[str, int | None]:
@@ -74,23 +61,26 @@ def balance(tensors: list[str], sizes: dict[str, int | None], parts: int) -> lis
 
 def collect(run: Runner, tensors: list[str], batches: Iterable, on_batch: Callable[[int], None] | None = None,
             stats: dict[str, TensorStats] | None = None, stride: int = 1, workers: int = 2,
-            sizes: dict[str, int | None] | None = None) -> dict[str, TensorStats]:
+            sizes: dict[str, int | None] | None = None, blocks: dict[str, int] | None = None
+            ) -> dict[str, TensorStats]:
     """Fold every batch's values of ``tensors`` into per-tensor statistics.
 
     ``run(feeds, names)`` returns the arrays of ``names`` for one batch (tensors that are
     graph inputs are taken from the feeds directly). The tensors of a batch are folded on
     ``workers`` threads (the compiled kernel runs without the GIL), each thread taking a fixed
     share of the tensors balanced by ``sizes`` (elements per sample); each tensor's statistics
-    are only ever touched by one thread, in batch order.
+    are only ever touched by one thread, in batch order. ``blocks``: tensors whose values
+    ``run`` returns in ONNX Runtime's NCHWc order, with their block size.
     """
     stats = {t: TensorStats() for t in tensors} if stats is None else stats
+    blocks = blocks or {}
     shares = balance(tensors, sizes or {}, workers)
     pool = ThreadPoolExecutor(len(shares)) if len(shares) > 1 else None
     values: dict[str, np.ndarray] = {}
 
     def fold(share: list[str]) -> None:
         for t in share:
-            stats[t].update(values[t], stride, t)
+            stats[t].update(values[t], stride, t, blocks.get(t, 0))
 
     try:
         for batch in batches:

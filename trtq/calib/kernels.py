@@ -27,6 +27,7 @@ EMPTY_EXP = -160  # width exponent of a histogram that has seen only zeros
 _CHUNK = 256
 _LANES = 4
 _ORDER = np.int32(0x7FFFFFFF)
+_POS_INF = np.int32(0x7F800000)  # ordered key of +inf (a positive float's key is its bit pattern)
 
 
 @nb.njit(nogil=True, cache=True)
@@ -84,13 +85,93 @@ def _coarsen(counts, shift):
                 counts[row, i] = 0
 
 
+@nb.njit(nogil=True, cache=True, inline="always")
+def _width(exp):
+    """(wide, float32 scale, float64 scale, top key) of a histogram at width ``2**exp``:
+    float32 multiply by 2**-exp is exact while 2**-exp is a normal float32 (not ``wide``); a
+    value whose key reaches the top key needs a wider bin."""
+    wide = exp <= -100
+    scale = np.float32(0.0) if wide else np.float32(math.ldexp(1.0, -exp))
+    return wide, scale, math.ldexp(1.0, -exp), _limit_key(exp)
+
+
+@nb.njit(nogil=True, cache=True, inline="always")
+def _chunk(b, bi, c0, w, first, stride, lanes, hist, idx, iu, exp, wide, scale, scale64, top_k, lo_k, hi_k):
+    """Fold values ``b[c0:c0+w]`` (``bi``: their bits) into min/max keys and the histogram,
+    histogramming every ``stride``-th from offset ``first``; widens the bins when a value needs
+    it. Returns the updated state and 1 when a NaN or inf was met."""
+    clo = np.int32(0x7FFFFFFF)
+    chi = np.int32(-0x80000000)
+    v = b[c0:c0 + w]  # (indexing views from 0 lets LLVM vectorise: no negative-index fix-ups)
+    vi = bi[c0:c0 + w]
+    for j in range(w):  # one vectorised pass: min/max keys and bin indices
+        k = _ordered(vi[j])
+        clo = k if k < clo else clo
+        chi = k if k > chi else chi
+        idx[j] = np.int32(abs(v[j]) * scale)
+    if chi >= _POS_INF or clo <= _neg(_POS_INF):  # an inf or a NaN
+        return exp, wide, scale, scale64, top_k, lo_k, hi_k, 1
+    lo_k = clo if clo < lo_k else lo_k
+    hi_k = chi if chi > hi_k else hi_k
+    # widen the histogram when |x| reached the top of its range
+    widened = False
+    if hi_k >= top_k or lo_k <= _neg(top_k):
+        new_exp = exp_for(max(-_unordered(lo_k), _unordered(hi_k)))
+        if new_exp > exp:
+            _coarsen(lanes, new_exp - exp)
+            _coarsen(hist, new_exp - exp)
+            exp = new_exp
+            wide, scale, scale64, top_k = _width(exp)
+            widened = True
+    if stride == 1 and not (wide or widened):
+        m = w  # the indices computed above hold
+    elif stride == 1:
+        for j in range(w):
+            idx[j] = np.int32(abs(np.float64(b[c0 + j])) * scale64)
+        m = w
+    else:
+        m = 0
+        for j in range(first, w, stride):
+            idx[m] = np.int32(abs(np.float64(b[c0 + j])) * scale64)
+            m += 1
+    # counts spread over _LANES copies; unsigned indices index without a negative-index check
+    m4 = m - m % 4
+    for j in range(0, m4, 4):
+        lanes[0, iu[j]] += 1
+        lanes[1, iu[j + 1]] += 1
+        lanes[2, iu[j + 2]] += 1
+        lanes[3, iu[j + 3]] += 1
+    for j in range(m4, m):
+        lanes[0, iu[j]] += 1
+    return exp, wide, scale, scale64, top_k, lo_k, hi_k, 0
+
+
+@nb.njit(nogil=True, cache=True)
+def _finish(lanes, hist, exp, lo_k, hi_k, bad):
+    if bad:
+        return 0.0, 0.0, exp, 1
+    for row in range(_LANES):
+        for i in range(NBINS):
+            hist[0, i] += lanes[row, i]
+    if hi_k < lo_k:
+        return 0.0, 0.0, exp, 0
+    return _unordered(lo_k), _unordered(hi_k), exp, 0
+
+
+@nb.njit(nogil=True, cache=True, inline="always")
+def _combine(a0, a1, a2, a3, a4, a5, a6, a7):
+    return ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7))
+
+
 @nb.njit(nogil=True, cache=True)
 def fold(x, stride, hist, exp, sums):
     """Fold ``x`` (float32, C-contiguous, shape (samples, outer, channels, inner)) in.
 
     ``hist`` (int64[1, NBINS], at width ``2**exp``) is updated in place; every ``stride``-th
     value of each sample (position in the flattened sample) is histogrammed. ``sums``
-    (float64[channels], or empty) gets each sample's per-channel sums added, sample by sample.
+    (float64[channels], or empty) gets each sample's per-channel sums added, sample by sample;
+    each channel's positions are summed in float64 on 8 interleaved accumulators (position i on
+    accumulator i % 8, the last ``inner % 8`` on the first), combined pairwise.
     Returns (min, max, exp, non-finite): ``non-finite`` is 1 when a NaN or inf was met, in which
     case nothing else is meaningful.
     """
@@ -98,16 +179,13 @@ def fold(x, stride, hist, exp, sums):
     xi = x.view(np.int32)
     lanes = np.zeros((_LANES, NBINS), np.int32)  # a call holds < 2**31 values per lane
     idx = np.empty(_CHUNK, np.int32)
+    iu = idx.view(np.uint32)
     per_sample = np.zeros(channels, np.float64)
+    acc = np.zeros(8, np.float64)  # accumulator q: the positions p with p % 8 == q
     keep_sums = sums.shape[0] == channels
     lo_k = np.int32(0x7FFFFFFF)
     hi_k = np.int32(-0x80000000)
-    pos_inf = _key(np.inf)
-    # float32 multiply by 2**-exp is exact while 2**-exp is a normal float32
-    wide = exp <= -100
-    scale = np.float32(0.0) if wide else np.float32(math.ldexp(1.0, -exp))
-    scale64 = math.ldexp(1.0, -exp)
-    top_k = _limit_key(exp)  # ordered key of 2**exp * NBINS: |x| at or above it needs a wider bin
+    wide, scale, scale64, top_k = _width(exp)
     for s in range(n):
         per_sample[:] = 0.0
         for o in range(outer):
@@ -115,79 +193,75 @@ def fold(x, stride, hist, exp, sums):
                 b = x[s, o, c]
                 bi = xi[s, o, c]
                 p0 = (o * channels + c) * inner  # position of b[0] in the flattened sample
-                acc0 = 0.0
-                acc1 = 0.0
-                acc2 = 0.0
-                acc3 = 0.0
-                acc4 = 0.0
-                acc5 = 0.0
-                acc6 = 0.0
-                acc7 = 0.0
+                acc[:] = 0.0
                 for c0 in range(0, inner, _CHUNK):
                     w = min(inner, c0 + _CHUNK) - c0
-                    clo = np.int32(0x7FFFFFFF)
-                    chi = np.int32(-0x80000000)
-                    for j in range(w):  # one vectorised pass: min/max keys and bin indices
-                        k = _ordered(bi[c0 + j])
-                        clo = k if k < clo else clo
-                        chi = k if k > chi else chi
-                        idx[j] = np.int32(abs(b[c0 + j]) * scale)
-                    if chi >= pos_inf or clo <= _neg(pos_inf):  # an inf or a NaN
-                        return 0.0, 0.0, exp, 1
-                    w8 = w - w % 8
-                    for j in range(0, w8, 8):
-                        acc0 += np.float64(b[c0 + j])
-                        acc1 += np.float64(b[c0 + j + 1])
-                        acc2 += np.float64(b[c0 + j + 2])
-                        acc3 += np.float64(b[c0 + j + 3])
-                        acc4 += np.float64(b[c0 + j + 4])
-                        acc5 += np.float64(b[c0 + j + 5])
-                        acc6 += np.float64(b[c0 + j + 6])
-                        acc7 += np.float64(b[c0 + j + 7])
-                    for j in range(w8, w):
-                        acc0 += np.float64(b[c0 + j])
-                    lo_k = clo if clo < lo_k else lo_k
-                    hi_k = chi if chi > hi_k else hi_k
-                    # widen the histogram when |x| reached the top of its range
-                    widened = False
-                    if hi_k >= top_k or lo_k <= _neg(top_k):
-                        top = max(-_unordered(lo_k), _unordered(hi_k))
-                        new_exp = exp_for(top)
-                        if new_exp > exp:
-                            _coarsen(lanes, new_exp - exp)
-                            _coarsen(hist, new_exp - exp)
-                            exp = new_exp
-                            wide = exp <= -100
-                            scale = np.float32(0.0) if wide else np.float32(math.ldexp(1.0, -exp))
-                            scale64 = math.ldexp(1.0, -exp)
-                            top_k = _limit_key(exp)
-                            widened = True
-                    if stride == 1 and not (wide or widened):
-                        m = w  # the indices computed above hold
-                    elif stride == 1:
-                        for j in range(w):
-                            idx[j] = np.int32(abs(np.float64(b[c0 + j])) * scale64)
-                        m = w
-                    else:
-                        m = 0
-                        for j in range((stride - (p0 + c0) % stride) % stride, w, stride):
-                            idx[m] = np.int32(abs(np.float64(b[c0 + j])) * scale64)
-                            m += 1
-                    m4 = m - m % 4
-                    for j in range(0, m4, 4):
-                        lanes[0, idx[j]] += 1
-                        lanes[1, idx[j + 1]] += 1
-                        lanes[2, idx[j + 2]] += 1
-                        lanes[3, idx[j + 3]] += 1
-                    for j in range(m4, m):
-                        lanes[0, idx[j]] += 1
-                per_sample[c] += ((acc0 + acc1) + (acc2 + acc3)) + ((acc4 + acc5) + (acc6 + acc7))
+                    exp, wide, scale, scale64, top_k, lo_k, hi_k, bad = _chunk(
+                        b, bi, c0, w, (stride - (p0 + c0) % stride) % stride, stride, lanes, hist, idx, iu,
+                        exp, wide, scale, scale64, top_k, lo_k, hi_k)
+                    if bad:
+                        return _finish(lanes, hist, exp, lo_k, hi_k, bad)
+                    if keep_sums:
+                        v = b[c0:c0 + w]
+                        w8 = w - w % 8
+                        for j in range(0, w8, 8):
+                            group = v[j:j + 8]
+                            for t in range(8):
+                                acc[t] += np.float64(group[t])
+                        for j in range(w8, w):
+                            acc[0] += np.float64(v[j])
+                per_sample[c] += _combine(acc[0], acc[1], acc[2], acc[3], acc[4], acc[5], acc[6], acc[7])
         if keep_sums:
             for c in range(channels):
                 sums[c] += per_sample[c]
-    for row in range(_LANES):
-        for i in range(NBINS):
-            hist[0, i] += lanes[row, i]
-    if hi_k < lo_k:
-        return 0.0, 0.0, exp, 0
-    return _unordered(lo_k), _unordered(hi_k), exp, 0
+    return _finish(lanes, hist, exp, lo_k, hi_k, 0)
+
+
+@nb.njit(nogil=True, cache=True)
+def fold_blocked(x, hist, exp, sums):
+    """:func:`fold` (stride 1) for channel-blocked data: ``x`` of shape (samples, blocks,
+    positions, block), value ``x[s, k, i, l]`` being channel ``k * block + l`` at position ``i``
+    (ONNX Runtime's NCHWc layout). Min/max and counts do not depend on the order of the values;
+    the channel sums use the same accumulation order as :func:`fold` on the NCHW layout, so
+    they are bitwise equal to it."""
+    n, blocks, positions, block = x.shape
+    flat = x.reshape(n, blocks, positions * block)
+    flat_i = flat.view(np.int32)
+    rows = max(8, _CHUNK // block)  # positions per chunk: a multiple of 8
+    lanes = np.zeros((_LANES, NBINS), np.int32)
+    idx = np.empty(rows * block, np.int32)
+    iu = idx.view(np.uint32)
+    # accumulator q (position % 8) of channel lane l at q * block + l: 8 positions of all the
+    # lanes are 8 * block consecutive values, added to the accumulators in one run
+    acc = np.zeros(8 * block, np.float64)
+    keep_sums = sums.shape[0] == blocks * block
+    lo_k = np.int32(0x7FFFFFFF)
+    hi_k = np.int32(-0x80000000)
+    wide, scale, scale64, top_k = _width(exp)
+    tail = positions - positions % 8  # positions from here on add to accumulator 0
+    for s in range(n):
+        for k in range(blocks):
+            b = flat[s, k]
+            bi = flat_i[s, k]
+            acc[:] = 0.0
+            for r0 in range(0, positions, rows):
+                r1 = min(positions, r0 + rows)
+                exp, wide, scale, scale64, top_k, lo_k, hi_k, bad = _chunk(
+                    b, bi, r0 * block, (r1 - r0) * block, 0, 1, lanes, hist, idx, iu,
+                    exp, wide, scale, scale64, top_k, lo_k, hi_k)
+                if bad:
+                    return _finish(lanes, hist, exp, lo_k, hi_k, bad)
+                if keep_sums:
+                    for g in range(r0 * block, min(r1, tail) * block, 8 * block):
+                        group = b[g:g + 8 * block]
+                        for t in range(8 * block):
+                            acc[t] += np.float64(group[t])
+                    for i in range(max(r0, tail), r1):
+                        for lane in range(block):
+                            acc[lane] += np.float64(b[i * block + lane])
+            if keep_sums:
+                for lane in range(block):
+                    sums[k * block + lane] += 0.0 + _combine(
+                        acc[lane], acc[block + lane], acc[2 * block + lane], acc[3 * block + lane],
+                        acc[4 * block + lane], acc[5 * block + lane], acc[6 * block + lane], acc[7 * block + lane])
+    return _finish(lanes, hist, exp, lo_k, hi_k, 0)

@@ -69,36 +69,60 @@ class TensorStats:
                                 minlength=NBINS).astype(np.int64)
         self.exp = exp
 
-    def update(self, x: np.ndarray, stride: int = 1, name: str = "") -> None:
+    def update(self, x: np.ndarray, stride: int = 1, name: str = "", block: int = 0) -> None:
         """Fold a batch (first axis = samples) in. ``stride`` > 1 histograms every stride-th
         element of each sample (min/max/count and channel sums stay exact): cheaper, and still
         independent of batch size and order because the subsample is fixed per sample.
+        ``block`` > 0: ``x`` (N, C, H, W) holds its values in ONNX Runtime's channel-blocked
+        NCHWc memory order with that block size (channel axis 1; stride 1); the statistics are
+        identical to folding the same tensor in NCHW order.
         A NaN or inf is a :class:`DataError` naming ``name``."""
         x = np.asarray(x)
         if x.size == 0:
+            return
+        if block:
+            self._update_blocked(x, block, name)
             return
         axis = None if self.channel_axis is None or x.ndim < 2 else self.channel_axis % x.ndim
         x = np.ascontiguousarray(x.reshape(len(x), -1) if x.ndim < 2 else x, dtype=np.float32)
         n = len(x)  # (float16/float64 activations are folded as float32)
         if axis is not None and axis > 0:
             shape = (n, int(np.prod(x.shape[1:axis])), x.shape[axis], int(np.prod(x.shape[axis + 1:])))
-            if self.channel_sum is None:
-                self.channel_sum = np.zeros(x.shape[axis], dtype=np.float64)
-            sums = self.channel_sum
-            self.samples += n
+            sums = self._sums(x.shape[axis], n)
         else:
             shape = (n, 1, 1, x.size // n)
             sums = np.zeros(0, dtype=np.float64)
         x4 = x.reshape(shape)
-        hist = self.hist.reshape(1, -1)
-        step = max(1, _MAX_VALUES_PER_CALL // max(1, x.size // n))
+        self._fold(lambda part: kernels.fold(part, stride, self.hist.reshape(1, -1), self.exp, sums), x4, name)
+
+    def _update_blocked(self, x: np.ndarray, block: int, name: str) -> None:
+        if x.ndim != 4 or x.dtype != np.float32 or not x.flags.c_contiguous or x.shape[1] % block:
+            raise ValueError(f"tensor {name}: NCHWc data must be contiguous float32 (N, C, H, W) with C a "
+                             f"multiple of {block}, not {x.dtype} {x.shape}")
+        if self.channel_axis not in (None, 1, -3):
+            raise ValueError(f"tensor {name}: NCHWc data has its channels on axis 1, not {self.channel_axis}")
+        n, c = x.shape[:2]
+        sums = np.zeros(0, dtype=np.float64) if self.channel_axis is None else self._sums(c, n)
+        x4 = x.reshape(n, c // block, x.shape[2] * x.shape[3], block)
+        self._fold(lambda part: kernels.fold_blocked(part, self.hist.reshape(1, -1), self.exp, sums), x4, name)
+
+    def _sums(self, channels: int, samples: int) -> np.ndarray:
+        if self.channel_sum is None:
+            self.channel_sum = np.zeros(channels, dtype=np.float64)
+        self.samples += samples
+        return self.channel_sum
+
+    def _fold(self, kernel, x4: np.ndarray, name: str) -> None:
+        """Run ``kernel`` over ``x4`` a few samples at a time (its per-call counts are int32)."""
+        n = len(x4)
+        step = max(1, _MAX_VALUES_PER_CALL // max(1, x4.size // n))
         for first in range(0, n, step):
-            lo, hi, self.exp, bad = kernels.fold(x4[first:first + step], stride, hist, self.exp, sums)
+            lo, hi, self.exp, bad = kernel(x4[first:first + step])
             if bad:
                 raise DataError(f"tensor {name or '?'} has NaN or infinite values in the calibration data; "
                                        "check the preprocessing and the model on these inputs")
             self.min, self.max = min(self.min, lo), max(self.max, hi)
-        self.count += x.size
+        self.count += x4.size
 
     def merge(self, other: "TensorStats") -> "TensorStats":
         """Exact for counts, min/max and histogram; channel sums add (equal to the whole's to

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable
 import numpy as np
 import onnx
 
-from ..calib.collect import expose_tensors
+from ..model import expose_tensors
 from ..quant.qdq import QuantPlan
 
 

@@ -12,8 +12,8 @@ from collections.abc import Callable
 
 import onnx
 
-from ..backends import onnxruntime as ort_backend
-from ..calib.collect import collect, expose_tensors, tensor_elements
+from ..backends import ort_native
+from ..calib.collect import collect, tensor_elements
 from ..calib.stats import TensorStats
 from ..data.sources import batches, open_source, planned_count, prefetch
 from ..model import InputSpec, input_specs
@@ -58,7 +58,9 @@ def collect_range(model: onnx.ModelProto, groups: list[list[str]], axes: dict[st
     samples = 0
     for gi, group in enumerate(groups):
         source = open_source(spec, inputs, "calibration")  # a fresh pass over the data
-        runner = ort_backend.BoundRunner(ort_backend.session(expose_tensors(model, group), optimize=True, spin=False))
+        # exposed in ORT's own NCHWc layout where it can be (no reorder copies; stride 1 only)
+        exposure = ort_native.expose(model, group, axes, native=spec.histogram_stride == 1)
+        runner = ort_native.ExposedRunner(exposure)
         label = "calibrating" if len(groups) == 1 else f"calibrating (pass {gi + 1}/{len(groups)})"
         seen = [0]
         with progress.task(label, planned_count(source, start, count)) as advance:
@@ -69,7 +71,8 @@ def collect_range(model: onnx.ModelProto, groups: list[list[str]], axes: dict[st
             part = {t: TensorStats(axes.get(t)) for t in group}
             collect(runner, group, prefetch(batches(source, inputs, spec.batch_size, "calibration", start, count,
                                                     digest if gi == 0 else None)),
-                    on_batch=counted, stats=part, stride=spec.histogram_stride, sizes=tensor_elements(model, group))
+                    on_batch=counted, stats=part, stride=spec.histogram_stride, sizes=tensor_elements(model, group),
+                    blocks=exposure.blocks)
         stats.update(part)
         samples = samples or seen[0]
         del runner
