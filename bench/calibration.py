@@ -8,12 +8,17 @@ shorter side 256 bicubic, crop 224, (x-127)/128), batch 8:
 
 * ``fp32 pass``   — trtq's data pipeline + one plain FP32 inference pass (the yardstick);
 * ``trtq``        — one collection pass, then all four methods (minmax, percentile, entropy,
-                    mse) from the same statistics; ``stride 4`` histograms every 4th value;
+                    mse) from the same statistics; ``NCHW exposure`` reads every activation in
+                    NCHW order (ONNX Runtime reorders each one from its NCHWc layout: trtq
+                    before it read them in that layout — the same statistics); ``stride 4``
+                    histograms every 4th value;
 * ``ort MinMax`` / ``ort Entropy`` — ``onnxruntime.quantization.quantize_static`` (QDQ,
   per-channel), whose time is almost all calibration. Run under an address-space limit
   (``--ort-limit-gb``) so its keep-every-activation calibrators cannot exhaust the machine.
 
-Prints a Markdown table and writes it to bench/results/calibration.md.
+The fp32 and trtq rows run ``--repeats`` times, interleaved, and report the median (the
+machine is noisy); the ratio is that of the medians. Prints a Markdown table and writes it to
+bench/results/calibration.md.
 """
 
 from __future__ import annotations
@@ -70,7 +75,8 @@ def worker_trtq(args) -> dict:
     spec, model, inputs, plan = _spec_and_model(args)
     groups = group_tensors(model, plan.activations, spec.batch_size, spec.memory_budget_mb << 20)
     t0 = time.perf_counter()  # trtq's own collection path, data fingerprint included, as a build runs it
-    stats, n = collect_range(model, groups, plan.channel_axes(), spec, inputs, 0, spec.max_samples, hashlib.sha256())
+    stats, n = collect_range(model, groups, plan.channel_axes(), spec, inputs, 0, spec.max_samples, hashlib.sha256(),
+                             native=not args.nchw)
     collected = time.perf_counter() - t0
     methods = {}
     for name, cls in BUILTIN.items():
@@ -105,9 +111,20 @@ def worker_ort(args, method: str) -> dict:
     return {"seconds": seconds, "samples": args.n}
 
 
-def run_worker(args, name: str, n: int, stride: int = 1, limit_gb: float | None = None) -> dict:
+def _median(results: list[dict]) -> dict:
+    """The run with the median wall time (its own numbers throughout), with every run's time."""
+    ok = [r for r in results if "error" not in r]
+    if not ok:
+        return results[0]
+    ok.sort(key=lambda r: r["seconds"])
+    return {**ok[(len(ok) - 1) // 2], "all": [r["seconds"] for r in results if "error" not in r]}
+
+
+def run_worker(args, name: str, n: int, stride: int = 1, limit_gb: float | None = None, nchw: bool = False) -> dict:
     cmd = [sys.executable, __file__, "--worker", name, "--n", str(n), "--stride", str(stride),
            "--images", str(args.images), "--model", str(args.model), "--tmp", str(args.tmp)]
+    if nchw:
+        cmd.append("--nchw")
     if limit_gb:
         cmd += ["--limit-gb", str(limit_gb)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -127,6 +144,7 @@ def main(argv=None) -> int:
     ap.add_argument("--model", type=Path, default=EFFNET)
     ap.add_argument("--counts", type=int, nargs="+", default=[100, 500])
     ap.add_argument("--ort-limit-gb", type=float, default=12.0)
+    ap.add_argument("--repeats", type=int, default=3, help="runs of each fp32/trtq row (median reported)")
     ap.add_argument("--skip-ort", action="store_true")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "calibration.md")
     ap.add_argument("--only-ort", action="store_true", help="(debugging) only the ORT rows")
@@ -136,6 +154,7 @@ def main(argv=None) -> int:
     ap.add_argument("--n", type=int)
     ap.add_argument("--stride", type=int, default=1)
     ap.add_argument("--limit-gb", type=float)
+    ap.add_argument("--nchw", action="store_true", help="(worker) read activations in NCHW order")
     args = ap.parse_args(argv)
 
     if args.worker:
@@ -146,8 +165,12 @@ def main(argv=None) -> int:
             t0 = time.perf_counter()
             import numpy as np
 
+            from trtq.calib.methods import MSE, Entropy
             from trtq.calib.stats import TensorStats
             TensorStats(1).update(np.ones((1, 2, 3), np.float32))
+            warmed = TensorStats(1)
+            warmed.update(np.linspace(0, 1, 256, dtype=np.float32).reshape(1, 8, 4, 8), block=8)
+            Entropy().compute_amax(warmed), MSE().compute_amax(warmed)
             res = {"seconds": time.perf_counter() - t0, "samples": 0}
         elif args.worker == "fp32":
             res = worker_fp32(args)
@@ -164,14 +187,21 @@ def main(argv=None) -> int:
     rows = []
     # the kernel is compiled once per installation (numba caches it); the rows below load it
     warm = run_worker(args, "warm", 0)
-    warm_note = (f"Folding kernel: {warm['seconds']:.1f} s to compile or load from numba's cache before the "
-                 "rows below (a first run on a machine compiles it, ~4 s; later runs load it).")
+    warm_note = (f"Compiled code (folding kernels, entropy and MSE searches): {warm['seconds']:.1f} s to compile or "
+                 "load from numba's cache before the rows below (a first run on a machine compiles it; later runs "
+                 "load it).")
+    variants = [("fp32 pass (yardstick)", "fp32", {})]
+    if not args.only_ort:
+        variants += [("trtq, 4 methods", "trtq", {}), ("trtq, 4 methods, NCHW exposure", "trtq", {"nchw": True}),
+                     ("trtq, 4 methods, stride 4", "trtq", {"stride": 4})]
     for n in args.counts:
-        fp32 = run_worker(args, "fp32", n)
-        rows.append(("fp32 pass (yardstick)", n, fp32, None))
-        for stride in (() if args.only_ort else (1, 4)):
-            r = run_worker(args, "trtq", n, stride)
-            rows.append((f"trtq, 4 methods{'' if stride == 1 else f', stride {stride}'}", n, r, fp32))
+        runs: dict[str, list[dict]] = {name: [] for name, _, _ in variants}
+        for _ in range(max(1, args.repeats)):  # interleaved, so drifts of the machine hit every row alike
+            for name, worker, kw in variants:
+                runs[name].append(run_worker(args, worker, n, **kw))
+        fp32 = _median(runs["fp32 pass (yardstick)"])
+        for name, _, _ in variants:
+            rows.append((name, n, _median(runs[name]), None if name.startswith("fp32") else fp32))
         if not args.skip_ort:
             # ORT's histogram calibrators stack every batch's outputs and fail on a short last
             # batch, so ORT gets whole batches only
@@ -180,7 +210,8 @@ def main(argv=None) -> int:
                 rows.append((f"ort quantize_static {m}", n_ort,
                              run_worker(args, f"ort-{m}", n_ort, limit_gb=args.ort_limit_gb), fp32))
     lines = [f"Calibration of EfficientNet-Lite0, batch {BATCH}, {os.cpu_count()} CPUs "
-             f"({time.strftime('%Y-%m-%d')}); each row a fresh process, run one after another.", "",
+             f"({time.strftime('%Y-%m-%d')}); each run a fresh process; fp32 and trtq rows: median of "
+             f"{max(1, args.repeats)} interleaved runs (all runs in brackets), ORT rows: one run.", "",
              warm_note, "",
              "| run | images | wall s | × fp32 pass (per image) | peak RSS MB | method times (s) |", "|---|---|---|---|---|---|"]
     for name, n, r, base in rows:
@@ -193,7 +224,8 @@ def main(argv=None) -> int:
         meth = ", ".join(f"{k} {v:.2f}" for k, v in r.get("methods", {}).items())
         if "collect_seconds" in r:
             meth = f"collect {r['collect_seconds']:.1f}; " + meth
-        lines.append(f"| {name} | {n} | {r['seconds']:.1f} | {ratio} | {r['peak_rss_mb']:.0f} | {meth} |")
+        wall = f"{r['seconds']:.1f}" + (f" ({', '.join(f'{x:.1f}' for x in r['all'])})" if len(r.get("all", [])) > 1 else "")
+        lines.append(f"| {name} | {n} | {wall} | {ratio} | {r['peak_rss_mb']:.0f} | {meth} |")
     trtq = {n: r for name, n, r, _ in rows if name == "trtq, 4 methods" and "error" not in r}
     if len(trtq) >= 2:
         lo, hi = min(trtq), max(trtq)

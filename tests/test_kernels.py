@@ -108,8 +108,8 @@ def _blocked(x: np.ndarray, block: int) -> np.ndarray:
 @pytest.mark.parametrize("shape, block", [((3, 16, 7, 9), 8), ((2, 24, 56, 56), 8), ((2, 32, 5, 5), 16),
                                           ((2, 8, 1, 3), 8), ((2, 8, 30, 30), 4), ((2, 64, 17, 3), 32),
                                           ((2, 128, 9, 11), 64)])
-@pytest.mark.parametrize("axis", [1, None])
-def test_blocked_layout_gives_the_nchw_statistics_bitwise(shape, block, axis):
+@pytest.mark.parametrize("axis, stride", [(1, 1), (None, 1), (1, 3), (None, 7)])
+def test_blocked_layout_gives_the_nchw_statistics_bitwise(shape, block, axis, stride):
     rng = np.random.default_rng(block)
     size = int(np.prod(shape))
     # magnitudes over 2**±30, so that float64 sums round and a change of summation order shows
@@ -117,9 +117,9 @@ def test_blocked_layout_gives_the_nchw_statistics_bitwise(shape, block, axis):
     x[x < -0.5] = 0.0
     nchw, nchwc = TensorStats(axis), TensorStats(axis)
     for part in (slice(0, 1), slice(1, None)):  # two batches: the second widens the bins
-        nchw.update(x[part])
-        nchwc.update(_blocked(x[part], block), block=block)
-    check(nchwc, x, axis=axis)
+        nchw.update(x[part], stride)
+        nchwc.update(_blocked(x[part], block), stride, block=block)
+    check(nchwc, x, stride, axis)
     assert nchwc == nchw and nchwc.samples == nchw.samples
     if axis is not None:  # the same accumulation order: equal bits, not just close
         assert np.array_equal(nchwc.channel_sum, nchw.channel_sum)

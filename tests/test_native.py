@@ -50,11 +50,11 @@ def conv_net():
     return shape_inference.infer_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
 
 
-def _collect(model, exposure, tensors, axes, data, batch):
+def _collect(model, exposure, tensors, axes, data, batch, stride=1):
     stats = {t: TensorStats(axes.get(t)) for t in tensors}
     batches = [Batch({"input": data[i:i + batch]}, None, [""] * len(data[i:i + batch]))
                for i in range(0, len(data), batch)]
-    return collect(ort_native.ExposedRunner(exposure), tensors, batches, stats=stats,
+    return collect(ort_native.ExposedRunner(exposure), tensors, batches, stats=stats, stride=stride,
                    sizes=tensor_elements(model, tensors), blocks=exposure.blocks)
 
 
@@ -70,7 +70,8 @@ def test_block_size_is_read_from_a_checked_probe():
     assert ort_native.block_size() in (0, 4, 8, 16, 32, 64)
 
 
-def test_native_exposure_gives_the_ordinary_statistics_bitwise():
+@pytest.mark.parametrize("stride", [1, 3])
+def test_native_exposure_gives_the_ordinary_statistics_bitwise(stride):
     block = _block()
     model = conv_net()
     plan = plan_quantization(model)
@@ -82,11 +83,11 @@ def test_native_exposure_gives_the_ordinary_statistics_bitwise():
     assert "r3" not in native.blocks  # 12 channels: not a multiple of the block, kept in NCHW
     data = np.random.default_rng(0).normal(0, 1, (7, 8, 10, 10)).astype(np.float32)
     # batches of 3 against batches of 2: batch size does not matter either
-    _assert_same(_collect(model, native, tensors, axes, data, 3),
-                 _collect(model, ort_native.expose_plain(model, tensors), tensors, axes, data, 2))
+    _assert_same(_collect(model, native, tensors, axes, data, 3, stride),
+                 _collect(model, ort_native.expose_plain(model, tensors), tensors, axes, data, 2, stride))
 
 
-def test_a_stride_or_a_channel_axis_other_than_1_keeps_the_ordinary_layout():
+def test_native_off_or_a_channel_axis_other_than_1_keeps_the_ordinary_layout():
     _block()
     model = conv_net()
     plan = plan_quantization(model)

@@ -11,8 +11,8 @@ tensors and hands out their NCHWc input instead, to be folded by
 
 The block size is read from a probe model whose NCHWc output is checked value for value
 against ORT's own reorder. Where anything does not fit — no NCHWc on this CPU, channels not a
-multiple of the block, channels not on axis 1, a histogram stride, a model too large to
-re-serialize — the tensor is exposed the ordinary way.
+multiple of the block, channels not on axis 1, a model too large to re-serialize, another
+node reading the NCHW tensor — the tensor is exposed the ordinary way.
 """
 
 from __future__ import annotations

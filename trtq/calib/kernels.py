@@ -96,10 +96,11 @@ def _width(exp):
 
 
 @nb.njit(nogil=True, cache=True, inline="always")
-def _chunk(b, bi, c0, w, first, stride, lanes, hist, idx, iu, exp, wide, scale, scale64, top_k, lo_k, hi_k):
-    """Fold values ``b[c0:c0+w]`` (``bi``: their bits) into min/max keys and the histogram,
-    histogramming every ``stride``-th from offset ``first``; widens the bins when a value needs
-    it. Returns the updated state and 1 when a NaN or inf was met."""
+def _chunk(b, bi, c0, w, block, firsts, stride, lanes, hist, idx, iu, exp, wide, scale, scale64, top_k, lo_k, hi_k):
+    """Fold values ``b[c0:c0+w]`` (``bi``: their bits) into min/max keys and the histogram;
+    widens the bins when a value needs it. The chunk is rows of ``block`` lanes (1 for NCHW
+    data); with ``stride`` > 1 only the rows ``firsts[lane] + t * stride`` of each lane are
+    histogrammed. Returns the updated state and 1 when a NaN or inf was met."""
     clo = np.int32(0x7FFFFFFF)
     chi = np.int32(-0x80000000)
     v = b[c0:c0 + w]  # (indexing views from 0 lets LLVM vectorise: no negative-index fix-ups)
@@ -131,9 +132,10 @@ def _chunk(b, bi, c0, w, first, stride, lanes, hist, idx, iu, exp, wide, scale, 
         m = w
     else:
         m = 0
-        for j in range(first, w, stride):
-            idx[m] = np.int32(abs(np.float64(b[c0 + j])) * scale64)
-            m += 1
+        for lane in range(block):
+            for row in range(firsts[lane], w // block, stride):
+                idx[m] = np.int32(abs(np.float64(b[c0 + row * block + lane])) * scale64)
+                m += 1
     # counts spread over _LANES copies; unsigned indices index without a negative-index check
     m4 = m - m % 4
     for j in range(0, m4, 4):
@@ -180,6 +182,7 @@ def fold(x, stride, hist, exp, sums):
     lanes = np.zeros((_LANES, NBINS), np.int32)  # a call holds < 2**31 values per lane
     idx = np.empty(_CHUNK, np.int32)
     iu = idx.view(np.uint32)
+    first = np.zeros(1, np.int64)
     per_sample = np.zeros(channels, np.float64)
     acc = np.zeros(8, np.float64)  # accumulator q: the positions p with p % 8 == q
     keep_sums = sums.shape[0] == channels
@@ -196,8 +199,9 @@ def fold(x, stride, hist, exp, sums):
                 acc[:] = 0.0
                 for c0 in range(0, inner, _CHUNK):
                     w = min(inner, c0 + _CHUNK) - c0
+                    first[0] = -(p0 + c0) % stride  # the positions p with p % stride == 0
                     exp, wide, scale, scale64, top_k, lo_k, hi_k, bad = _chunk(
-                        b, bi, c0, w, (stride - (p0 + c0) % stride) % stride, stride, lanes, hist, idx, iu,
+                        b, bi, c0, w, 1, first, stride, lanes, hist, idx, iu,
                         exp, wide, scale, scale64, top_k, lo_k, hi_k)
                     if bad:
                         return _finish(lanes, hist, exp, lo_k, hi_k, bad)
@@ -218,12 +222,13 @@ def fold(x, stride, hist, exp, sums):
 
 
 @nb.njit(nogil=True, cache=True)
-def fold_blocked(x, hist, exp, sums):
-    """:func:`fold` (stride 1) for channel-blocked data: ``x`` of shape (samples, blocks,
-    positions, block), value ``x[s, k, i, l]`` being channel ``k * block + l`` at position ``i``
-    (ONNX Runtime's NCHWc layout). Min/max and counts do not depend on the order of the values;
-    the channel sums use the same accumulation order as :func:`fold` on the NCHW layout, so
-    they are bitwise equal to it."""
+def fold_blocked(x, stride, hist, exp, sums):
+    """:func:`fold` for channel-blocked data: ``x`` of shape (samples, blocks, positions, block),
+    value ``x[s, k, i, l]`` being channel ``c = k * block + l`` at position ``i`` (ONNX Runtime's
+    NCHWc layout). Min/max and counts do not depend on the order of the values, the ``stride``
+    subsample is the same values as in NCHW order (NCHW position ``c * positions + i``), and
+    the channel sums use the same accumulation order as :func:`fold` on the NCHW layout — so
+    everything is bitwise equal to folding the NCHW tensor."""
     n, blocks, positions, block = x.shape
     flat = x.reshape(n, blocks, positions * block)
     flat_i = flat.view(np.int32)
@@ -231,6 +236,7 @@ def fold_blocked(x, hist, exp, sums):
     lanes = np.zeros((_LANES, NBINS), np.int32)
     idx = np.empty(rows * block, np.int32)
     iu = idx.view(np.uint32)
+    firsts = np.zeros(block, np.int64)
     # accumulator q (position % 8) of channel lane l at q * block + l: 8 positions of all the
     # lanes are 8 * block consecutive values, added to the accumulators in one run
     acc = np.zeros(8 * block, np.float64)
@@ -246,8 +252,11 @@ def fold_blocked(x, hist, exp, sums):
             acc[:] = 0.0
             for r0 in range(0, positions, rows):
                 r1 = min(positions, r0 + rows)
+                if stride > 1:  # rows of each lane whose NCHW position is a multiple of stride
+                    for lane in range(block):
+                        firsts[lane] = -((k * block + lane) * positions + r0) % stride
                 exp, wide, scale, scale64, top_k, lo_k, hi_k, bad = _chunk(
-                    b, bi, r0 * block, (r1 - r0) * block, 0, 1, lanes, hist, idx, iu,
+                    b, bi, r0 * block, (r1 - r0) * block, block, firsts, stride, lanes, hist, idx, iu,
                     exp, wide, scale, scale64, top_k, lo_k, hi_k)
                 if bad:
                     return _finish(lanes, hist, exp, lo_k, hi_k, bad)

@@ -74,14 +74,14 @@ class TensorStats:
         element of each sample (min/max/count and channel sums stay exact): cheaper, and still
         independent of batch size and order because the subsample is fixed per sample.
         ``block`` > 0: ``x`` (N, C, H, W) holds its values in ONNX Runtime's channel-blocked
-        NCHWc memory order with that block size (channel axis 1; stride 1); the statistics are
-        identical to folding the same tensor in NCHW order.
+        NCHWc memory order with that block size (channel axis 1); the statistics are identical
+        to folding the same tensor in NCHW order.
         A NaN or inf is a :class:`DataError` naming ``name``."""
         x = np.asarray(x)
         if x.size == 0:
             return
         if block:
-            self._update_blocked(x, block, name)
+            self._update_blocked(x, block, stride, name)
             return
         axis = None if self.channel_axis is None or x.ndim < 2 else self.channel_axis % x.ndim
         x = np.ascontiguousarray(x.reshape(len(x), -1) if x.ndim < 2 else x, dtype=np.float32)
@@ -95,7 +95,7 @@ class TensorStats:
         x4 = x.reshape(shape)
         self._fold(lambda part: kernels.fold(part, stride, self.hist.reshape(1, -1), self.exp, sums), x4, name)
 
-    def _update_blocked(self, x: np.ndarray, block: int, name: str) -> None:
+    def _update_blocked(self, x: np.ndarray, block: int, stride: int, name: str) -> None:
         if x.ndim != 4 or x.dtype != np.float32 or not x.flags.c_contiguous or x.shape[1] % block:
             raise ValueError(f"tensor {name}: NCHWc data must be contiguous float32 (N, C, H, W) with C a "
                              f"multiple of {block}, not {x.dtype} {x.shape}")
@@ -104,7 +104,7 @@ class TensorStats:
         n, c = x.shape[:2]
         sums = np.zeros(0, dtype=np.float64) if self.channel_axis is None else self._sums(c, n)
         x4 = x.reshape(n, c // block, x.shape[2] * x.shape[3], block)
-        self._fold(lambda part: kernels.fold_blocked(part, self.hist.reshape(1, -1), self.exp, sums), x4, name)
+        self._fold(lambda part: kernels.fold_blocked(part, stride, self.hist.reshape(1, -1), self.exp, sums), x4, name)
 
     def _sums(self, channels: int, samples: int) -> np.ndarray:
         if self.channel_sum is None:

@@ -49,17 +49,18 @@ class _Digests:
 
 def collect_range(model: onnx.ModelProto, groups: list[list[str]], axes: dict[str, int], spec: DataSpec,
                   inputs: list[InputSpec], start: int, count: int | None, digest,
-                  progress: Progress | None = None) -> tuple[dict[str, TensorStats], int]:
+                  progress: Progress | None = None, native: bool = True) -> tuple[dict[str, TensorStats], int]:
     """Statistics of the samples ``start … start+count-1`` (``count`` None: to the end), one pass
     over them per tensor group; ``digest.update`` gets each sample's digest on the first pass.
-    Returns (statistics, samples). A single-process calibration is one such range."""
+    Returns (statistics, samples). A single-process calibration is one such range. ``native``
+    False reads every tensor in NCHW order (the same statistics, more slowly)."""
     progress = progress or Progress()
     stats: dict[str, TensorStats] = {}
     samples = 0
     for gi, group in enumerate(groups):
         source = open_source(spec, inputs, "calibration")  # a fresh pass over the data
-        # exposed in ORT's own NCHWc layout where it can be (no reorder copies; stride 1 only)
-        exposure = ort_native.expose(model, group, axes, native=spec.histogram_stride == 1)
+        # exposed in ORT's own NCHWc layout where it can be: no reorder copies
+        exposure = ort_native.expose(model, group, axes, native=native)
         runner = ort_native.ExposedRunner(exposure)
         label = "calibrating" if len(groups) == 1 else f"calibrating (pass {gi + 1}/{len(groups)})"
         seen = [0]
