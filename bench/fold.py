@@ -7,7 +7,9 @@ Takes the activations EfficientNet-Lite0 exposes for calibration on one batch of
 
 * ``numpy``  — min/max, per-channel float64 sums, ``|x| * 2**-e`` → int → ``np.bincount``
                (trtq's fold before the kernel; the width e picked from the batch's max first);
-* ``kernel`` — ``TensorStats.update`` (trtq/calib/kernels.py), stride 1 and 4.
+* ``kernel`` — ``TensorStats.update`` (trtq/calib/kernels.py), stride 1 and 4;
+* ``kernel, NCHWc`` — the same tensors in ONNX Runtime's channel-blocked order (block 8, as
+               calibration reads them; 2-D tensors and the 3-channel input stay NCHW), stride 1.
 
 Checks that both give the same counts, min/max and sums, and prints the median ns per value of
 ``--repeats`` runs, side by side. Writes the table to bench/results/fold.md.
@@ -40,6 +42,12 @@ def activations(images: Path, model_path: Path) -> dict[str, tuple[np.ndarray, i
     return {t: (np.ascontiguousarray(v, dtype=np.float32), axes.get(t)) for t, v in values.items()}
 
 
+def _nchwc(x: np.ndarray, block: int) -> np.ndarray:
+    """(N, C, H, W) rearranged into ONNX Runtime's NCHWc memory order, still shaped (N, C, H, W)."""
+    n, c, h, w = x.shape
+    return np.ascontiguousarray(x.reshape(n, c // block, block, h * w).transpose(0, 1, 3, 2)).reshape(x.shape)
+
+
 def numpy_fold(x: np.ndarray, axis: int | None):
     """The numpy statistics of one batch: (exp, counts, min, max, channel sums)."""
     lo, hi = float(x.min()), float(x.max())
@@ -70,11 +78,14 @@ def main(argv=None) -> int:
     acts = activations(args.images, args.model)
     total = sum(x.size for x, _ in acts.values())
 
-    def kernel(stride):
+    blocked = {t: (_nchwc(x, 8), axis) if x.ndim == 4 and x.shape[1] % 8 == 0 else (x, axis)
+               for t, (x, axis) in acts.items()}
+
+    def kernel(stride, data=acts, block=0):
         out = {}
-        for t, (x, axis) in acts.items():
+        for t, (x, axis) in data.items():
             st = TensorStats(axis)
-            st.update(x, stride, t)
+            st.update(x, stride, t, block if x.ndim == 4 and x.shape[1] % 8 == 0 else 0)
             out[t] = st
         return out
 
@@ -89,8 +100,13 @@ def main(argv=None) -> int:
         if not same:
             print(f"MISMATCH on {t}")
             return 1
+    got_blocked = kernel(1, blocked, 8)
+    if any(not (got_blocked[t] == got[t]) for t in got):
+        print("MISMATCH between the NCHW and NCHWc folds")
+        return 1
     rows = [("numpy (before)", lambda: [numpy_fold(x, a) for x, a in acts.values()]),
-            ("kernel, stride 1", lambda: kernel(1)), ("kernel, stride 4", lambda: kernel(4))]
+            ("kernel, stride 1", lambda: kernel(1)), ("kernel, stride 4", lambda: kernel(4)),
+            ("kernel, NCHWc layout, stride 1", lambda: kernel(1, blocked, 8))]
     times = {name: [] for name, _ in rows}
     for _ in range(args.repeats):  # interleaved, so drifts in machine speed hit every row alike
         for name, fn in rows:
