@@ -94,23 +94,20 @@ def _unreorder(opt: onnx.ModelProto, tensors: list[str], wanted: set[str], block
     their NCHWc inputs instead. None when no tensor qualifies."""
     graph = opt.graph
     consumed = {i for n in graph.node for i in n.input}
-    reorders = {}
-    for node in graph.node:
+    reorders = {}  # exposed tensor -> (index of its ReorderOutput node, that node's NCHWc input)
+    for i, node in enumerate(graph.node):
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         out = node.output[0] if node.output else ""
         if (node.op_type == "ReorderOutput" and node.domain == NCHWC and out in wanted and out not in consumed
                 and not attrs.get("channels_last", 0) and attrs.get("channels", 0) % block == 0):
-            reorders[out] = node
+            reorders[out] = (i, node.input[0])
     if not reorders:
         return None
-    for i in reversed(range(len(graph.node))):
-        node = graph.node[i]
-        if node.op_type == "ReorderOutput" and node.domain == NCHWC and node.output[0] in reorders:
-            del graph.node[i]
+    for i, _ in sorted(reorders.values(), reverse=True):
+        del graph.node[i]
     outputs, blocks = {}, {}
     present = {o.name for o in graph.output}
-    for t, node in reorders.items():
-        src = node.input[0]
+    for t, (_, src) in reorders.items():
         outputs[t], blocks[t] = src, block
         if src not in present:
             graph.output.append(helper.make_tensor_value_info(src, TensorProto.FLOAT, None))
@@ -141,20 +138,14 @@ def block_size() -> int:
     try:
         opt = _optimized(model)
         ref = session(opt, optimize=False).run(["y"], feeds)[0]
-        for block in (4, 8, 16, 32, 64):
-            exposure = _unreorder(_copy(opt), ["y"], {"y"}, block)
-            if exposure is None:
-                return 0  # no NCHWc here (or a layout this module does not know)
-            raw = ExposedRunner(exposure)(feeds, ["y"])[0]
-            blocked = ref.reshape(1, channels // block, block, side * side).transpose(0, 1, 3, 2)
-            if raw.shape == ref.shape and np.array_equal(raw.ravel(), blocked.ravel()):
-                return block
+        exposure = _unreorder(opt, ["y"], {"y"}, 1)  # any block divides 64: the raw data, whatever the block
+        if exposure is None:
+            return 0  # no NCHWc here (or a layout this module does not know)
+        raw = ExposedRunner(exposure)(feeds, ["y"])[0]
     except Exception:  # noqa: BLE001 - no native layout, then
         return 0
+    for block in (4, 8, 16, 32, 64):
+        blocked = ref.reshape(1, channels // block, block, side * side).transpose(0, 1, 3, 2)
+        if raw.shape == ref.shape and np.array_equal(raw.ravel(), blocked.ravel()):
+            return block
     return 0
-
-
-def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    return out
