@@ -27,15 +27,13 @@ def missing_shared(*paths: Path) -> bool:
 
 def effnet_setup(images: Path, model_path: Path, batch: int, max_samples: int | None, stride: int = 1):
     """(calibration DataSpec, model with named nodes, its input specs, its quantization plan)."""
-    from trtq.jobs.schema import DataSpec
-    from trtq.model import input_specs, load_model
-    from trtq.quant.qdq import name_nodes, plan_quantization
+    from trtq.job import DataSpec
+    from trtq.model.prepare import prepare
 
     spec = DataSpec.model_validate({"path": str(images), "preprocess": PREPROCESS, "batch_size": batch,
                                     "max_samples": max_samples, "histogram_stride": stride})
-    model = load_model(Path(model_path))
-    name_nodes(model)
-    return spec, model, input_specs(model), plan_quantization(model)
+    prepared = prepare(Path(model_path))
+    return spec, prepared.model, prepared.inputs, prepared.plan
 
 
 def publish(text: str, out: Path) -> None:

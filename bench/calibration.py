@@ -53,7 +53,7 @@ def _batches(spec, inputs):
 
 
 def worker_fp32(args) -> dict:
-    from trtq.backends.onnxruntime import Runner, session
+    from trtq.runtime.onnxruntime import Runner, session
 
     spec, model, inputs, _ = _spec_and_model(args)
     run = Runner(session(model))
@@ -70,12 +70,12 @@ def worker_trtq(args) -> dict:
 
     from trtq.calib.collect import group_tensors
     from trtq.calib.methods import BUILTIN, compute_ranges
-    from trtq.jobs.shards import collect_range
+    from trtq.calib.shards import collect_range
 
     spec, model, inputs, plan = _spec_and_model(args)
     groups = group_tensors(model, plan.activations, spec.batch_size, spec.memory_budget_mb << 20)
     t0 = time.perf_counter()  # trtq's own collection path, data fingerprint included, as a build runs it
-    stats, n = collect_range(model, groups, plan.channel_axes(), spec, inputs, 0, spec.max_samples, hashlib.sha256(),
+    stats, n, _ = collect_range(model, groups, plan.channel_axes(), spec, inputs, 0, spec.max_samples, hashlib.sha256(),
                              native=not args.nchw)
     collected = time.perf_counter() - t0
     methods = {}

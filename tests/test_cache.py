@@ -2,6 +2,7 @@ import struct
 
 import pytest
 
+from trtq.calib.ranges import Range
 from trtq.calib import cache
 from trtq.errors import CacheError
 
@@ -26,7 +27,7 @@ def test_round_trip_is_exact_and_keeps_header():
 
 
 def test_from_ranges_writes_scale_amax_over_127_and_never_zero():
-    c = cache.from_ranges({"a": 127.0, "dead_relu": 0.0}, "8601", "MinMaxCalibration")
+    c = cache.from_ranges({"a": Range.symmetric(127.0), "dead_relu": Range.symmetric(0.0)}, "8601", "MinMaxCalibration")
     text = cache.dumps(c)
     assert text.splitlines()[0] == "TRT-8601-MinMaxCalibration"
     back = cache.loads(text)

@@ -140,7 +140,7 @@ def test_interrupted_build_leaves_nothing_and_keeps_the_previous_build(tiny, run
     out = tiny["dir"] / "out"
     before = {p.name: p.read_bytes() for p in (out / "tiny").iterdir()}
 
-    import trtq.jobs.build as build_mod
+    import trtq.pipeline.build as build_mod
 
     def interrupt(*a, **k):
         raise KeyboardInterrupt
@@ -153,9 +153,9 @@ def test_interrupted_build_leaves_nothing_and_keeps_the_previous_build(tiny, run
 
 
 def test_failed_first_build_leaves_no_output(tiny, run_cli, monkeypatch):
-    import trtq.jobs.build as build_mod
+    import trtq.pipeline.build as build_mod
 
-    monkeypatch.setattr(build_mod, "write_json", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
+    monkeypatch.setattr(build_mod, "write_report", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
     code, _, err = run_cli("build", tiny["job_path"], "-q")
     _assert_clean_error(code, err, "interrupted", out_dir=tiny["dir"] / "out")
 

@@ -8,14 +8,16 @@ import pytest
 from onnx import helper, numpy_helper
 
 from conftest import tiny_model, write_job
-from trtq.backends.onnxruntime import Runner, session
+from trtq.calib.ranges import Range
+from trtq.runtime.onnxruntime import Runner, session
 from trtq.calib.collect import collect
-from trtq.model import expose_tensors
+from trtq.model.load import expose_tensors
 from trtq.calib.methods import MinMax, compute_ranges
 from trtq.data.sources import Batch
-from trtq.evaluate.latency import interleaved
-from trtq.evaluate.per_layer import per_layer_errors
-from trtq.quant.qdq import insert_qdq, name_nodes, plan_quantization
+from trtq.evaluation.latency import interleaved
+from trtq.evaluation.per_layer import per_layer_errors
+from trtq.quant.qdq import insert_qdq
+from trtq.model.plan import name_nodes, plan_quantization
 
 
 def _setup(n=32):
@@ -36,8 +38,9 @@ def _runner(m, optimize):
 @pytest.mark.parametrize("tensor,layer", [("relu_out", "convt"), ("fc1_out", "fc2"), ("flat", "fc1")])
 def test_a_deliberately_clipped_layer_is_named_first(flavor, tensor, layer):
     model, plan, batches, ranges = _setup()
-    clipped = {k: dict(v) for k, v in ranges.items()}
-    clipped[tensor] = {k: v / 20 for k, v in ranges[tensor].items()}
+    clipped = dict(ranges)
+    r = ranges[tensor]
+    clipped[tensor] = Range(r.amax / 20, r.min / 20, r.max / 20)
     qdq = insert_qdq(model, plan, clipped, flavor)
     result = per_layer_errors(model, qdq, plan, batches, 16, _runner)
     assert result["samples"] == 16
@@ -66,7 +69,7 @@ def test_int32_bias_never_saturates_for_near_zero_weights():
         [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     plan = plan_quantization(model)
-    q = insert_qdq(model, plan, {"x": {"amax": 1.0, "min": -1.0, "max": 1.0}}, "onnxruntime")
+    q = insert_qdq(model, plan, {"x": Range.symmetric(1.0)}, "onnxruntime")
     inits = {i.name: numpy_helper.to_array(i) for i in q.graph.initializer}
     back = inits["b_quantized"].astype(np.float64) * inits["b_scale"]
     assert np.abs(inits["b_quantized"]).max() <= 2**30
@@ -97,9 +100,9 @@ def test_eval_reevaluates_without_rebuilding(tiny, run_cli, monkeypatch):
     assert run_cli("build", tiny["job_path"], "-q")[0] == 0
     folder = tiny["dir"] / "out" / "tiny"
     model_bytes = (folder / "model.int8.onnx").read_bytes()
-    import trtq.jobs.build as build_mod
+    import trtq.calib.calibrate as calibrate_mod
 
-    monkeypatch.setattr(build_mod, "_collect_stats", lambda *a, **k: pytest.fail("eval must not calibrate"))
+    monkeypatch.setattr(calibrate_mod, "collect_statistics", lambda *a, **k: pytest.fail("eval must not calibrate"))
     code, out, err = run_cli("eval", tiny["job_path"], "-q", "--set", "evaluation.latency.iterations=7",
                              "--set", "evaluation.latency.batch_sizes=[1,2]")
     assert code == 0, err

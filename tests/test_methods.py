@@ -10,7 +10,7 @@ import pytest
 from trtq.calib.methods import MSE, Entropy, MinMax, Percentile, kl_threshold, make_method, mse_threshold, rebin
 from trtq.calib.stats import TensorStats
 from trtq.errors import JobError
-from trtq.jobs.schema import CalibratorSpec
+from trtq.job import CalibratorSpec
 from trtq.quant.weights import per_channel_amax, per_channel_amax_mse
 
 

@@ -3,8 +3,8 @@ import math
 import numpy as np
 import pytest
 
-from trtq.evaluate.latency import interleaved, summarize
-from trtq.evaluate.metrics import AccuracyAccumulator, sqnr_db, wilson_interval
+from trtq.evaluation.latency import interleaved, summarize
+from trtq.evaluation.metrics import AccuracyAccumulator, sqnr_db, wilson_interval
 
 
 def test_sqnr_of_known_signal_and_noise():

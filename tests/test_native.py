@@ -6,12 +6,12 @@ import pytest
 from conftest import need_shared
 from onnx import TensorProto, helper, numpy_helper, shape_inference
 
-from trtq.backends import ort_native
+from trtq.runtime import ort_native
 from trtq.calib.collect import collect, tensor_elements
 from trtq.calib.stats import TensorStats
 from trtq.data.sources import Batch
-from trtq.model import input_specs
-from trtq.quant.qdq import plan_quantization
+from trtq.model.load import input_specs
+from trtq.model.plan import plan_quantization
 
 
 def _block() -> int:
@@ -111,9 +111,9 @@ def test_a_tensor_other_nodes_read_in_nchw_keeps_its_reorder():
 def test_efficientnet_statistics_are_the_same_in_either_layout():
     block = _block()
     from trtq.data.sources import batches, open_source
-    from trtq.jobs.schema import DataSpec
-    from trtq.model import load_model
-    from trtq.quant.qdq import name_nodes
+    from trtq.job import DataSpec
+    from trtq.model.load import load_model
+    from trtq.model.plan import name_nodes
 
     images = need_shared("data", "imagenet-sample-500")
     model = load_model(need_shared("models", "efficientnet_lite0.onnx"))

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import tiny_model
-from trtq.backends.onnxruntime import BoundRunner, Runner, session
+from trtq.runtime.onnxruntime import BoundRunner, Runner, session
 from trtq.calib.stats import TensorStats
 from trtq.data.sources import prefetch
 from trtq.errors import DataError

@@ -7,13 +7,15 @@ import pytest
 from onnx import numpy_helper
 
 from conftest import tiny_model
-from trtq.backends.onnxruntime import Runner, session
+from trtq.calib.ranges import Range
+from trtq.runtime.onnxruntime import Runner, session
 from trtq.calib.collect import collect
-from trtq.model import expose_tensors
+from trtq.model.load import expose_tensors
 from trtq.calib.methods import MinMax, compute_ranges
 from trtq.data.sources import Batch
-from trtq.evaluate.metrics import sqnr_db
-from trtq.quant.qdq import insert_qdq, name_nodes, plan_quantization
+from trtq.evaluation.metrics import sqnr_db
+from trtq.quant.qdq import insert_qdq
+from trtq.model.plan import name_nodes, plan_quantization
 
 EXPECTED_AXIS = {"conv": 0, "convt": 1, "fc1": 0, "fc2": 1, "mm": 1}
 
@@ -76,7 +78,7 @@ def test_activation_scale_is_amax_over_127(setup):
     model, _, plan, ranges = setup
     q = insert_qdq(model, plan, ranges, "tensorrt")
     inits = {i.name: numpy_helper.to_array(i) for i in q.graph.initializer}
-    assert inits["relu_out_scale"] == pytest.approx(ranges["relu_out"]["amax"] / 127, rel=1e-6)
+    assert inits["relu_out_scale"] == pytest.approx(ranges["relu_out"].amax / 127, rel=1e-6)
 
 
 def test_onnxruntime_flavour_has_uint8_activations_and_int32_bias(setup):
@@ -103,7 +105,7 @@ def test_excluded_ops_and_nodes_stay_fp32():
     name_nodes(model)
     plan = plan_quantization(model, exclude_ops=("MatMul",), exclude_nodes=("conv",))
     assert {q.node for q in plan.nodes} == {"convt", "fc1", "fc2"}
-    assert ("conv", "excluded by the job") in plan.kept_fp32
+    assert ("conv", "excluded by the job") in plan.excluded
 
 
 def residual_model():
@@ -134,7 +136,7 @@ def test_residual_add_and_pool_placement_per_flavour():
     assert [(a.node, a.main, a.skip) for a in plan.adds] == [("add", "b_out", "r")]
     assert plan.pools == [("gap", "sum")]
     assert plan.activations == ["x", "r", "flat", "b_out", "sum"]
-    ranges = {t: {"amax": 4.0, "min": -4.0, "max": 4.0} for t in plan.activations}
+    ranges = {t: Range.symmetric(4.0) for t in plan.activations}
     for flavor, quantized in (("tensorrt", {"r_dequantized"}), ("onnxruntime", {"r_dequantized", "b_out_dequantized"})):
         q = insert_qdq(model, plan, ranges, flavor)
         add = next(n for n in q.graph.node if n.name == "add")
@@ -151,7 +153,7 @@ def test_excluding_add_keeps_residual_adds_fp32():
 
 
 def test_onnxruntime_engine_runs_every_weighted_op_as_int8(tmp_path):
-    from trtq.backends.onnxruntime import build_engine
+    from trtq.engine.onnxruntime import build_engine
 
     model = residual_model()
     plan = plan_quantization(model)

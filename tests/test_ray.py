@@ -7,13 +7,13 @@ import pytest
 
 from conftest import artifact_bytes as _bytes
 from conftest import write_broken_job, write_job, write_sweep
-from trtq.jobs import run as runner
-from trtq.jobs.build import build
-from trtq.jobs.schema import load_job
-from trtq.jobs.sweep import load_jobs
+from trtq.runs import run as runner
+from trtq.pipeline.build import build
+from trtq.job import load_job
+from trtq.runs.sweep import load_jobs
 
 ray = pytest.importorskip("ray", reason="Ray is a dev dependency (pip install -e .[dev])")
-from trtq.jobs import ray_cluster  # noqa: E402
+from trtq.runs import ray_cluster  # noqa: E402
 
 @pytest.fixture(scope="module")
 def local_ray():

@@ -14,12 +14,12 @@ def _ranges(tiny):
 def test_rebuild_reuses_statistics_and_a_new_method_only_rederives(tiny, run_cli, monkeypatch):
     assert run_cli("build", tiny["job_path"])[0] == 0
     first = _ranges(tiny)
-    import trtq.jobs.build as build_mod
+    import trtq.calib.calibrate as calibrate_mod
 
     def no_inference(*a, **k):
         raise AssertionError("the model was run again")
 
-    monkeypatch.setattr(build_mod, "_collect_stats", no_inference)
+    monkeypatch.setattr(calibrate_mod, "collect_statistics", no_inference)
     code, _, err = run_cli("build", tiny["job_path"], "--set", "calibration.batch_size=3")
     assert code == 0, err
     assert "reusing calibration statistics of 24 samples" in err

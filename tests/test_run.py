@@ -7,9 +7,9 @@ import pytest
 from conftest import artifact_bytes as _bytes
 from conftest import write_broken_job, write_job, write_sweep
 from trtq.errors import JobError
-from trtq.jobs import run as runner
-from trtq.jobs.schema import load_job
-from trtq.jobs.sweep import expand, load_jobs
+from trtq.runs import run as runner
+from trtq.job import load_job
+from trtq.runs.sweep import expand, load_jobs
 
 @pytest.fixture
 def sweep(tmp_path):
@@ -97,7 +97,7 @@ def test_parallel_builds_give_the_same_artifacts_and_failures_are_isolated(sweep
 
 
 def test_sharded_calibration_equals_a_single_pass(sweep):
-    from trtq.jobs.build import build
+    from trtq.pipeline.build import build
 
     folder, _ = sweep
     base = {"model": str(folder / "tiny.onnx"), "calibrator": {"method": "entropy"}}
@@ -123,7 +123,7 @@ def test_cli_exit_status_counts_failures_and_summary_is_written(sweep, run_cli):
 
 
 def test_ctrl_c_stops_the_run_instead_of_counting_as_a_failed_job(sweep, monkeypatch):
-    import trtq.jobs.build as build_mod
+    import trtq.pipeline.build as build_mod
 
     folder, path = sweep
     calls = []

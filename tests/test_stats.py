@@ -59,7 +59,7 @@ def test_minmax_is_the_observed_absolute_maximum():
     s = stats_of([np.array([-7.5, 0.0, 3.0], np.float32), np.array([5.0], np.float32)])
     assert MinMax().compute_amax(s) == 7.5
     r = compute_ranges({"t": s}, MinMax())["t"]
-    assert (r["amax"], r["min"], r["max"]) == (7.5, -7.5, 5.0)
+    assert (r.amax, r.min, r.max) == (7.5, -7.5, 5.0)
 
 
 def test_percentile_on_constructed_data():
@@ -78,7 +78,7 @@ def test_percentile_on_constructed_data():
 def test_percentile_range_clips_min_and_max():
     s = stats_of([np.concatenate([np.linspace(-1, 1, 100001, dtype=np.float32), [-40.0]])])
     r = compute_ranges({"t": s}, Percentile(99.9))["t"]
-    assert r["amax"] < 1.01 and r["min"] == -r["amax"] and r["max"] == 1.0
+    assert r.amax < 1.01 and r.min == -r.amax and r.max == 1.0
 
 
 def test_persisted_statistics_round_trip(tmp_path):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from trtq.trt import surface
+import trt_surface as surface
 
 WHEELS = Path(os.environ.get("TRTQ_TRT_BINDINGS", Path(__file__).parents[1] / ".cache" / "trt-bindings"))
 EXPECTED = {"10.0.1", "10.16.1.11", "11.0.0.114", "11.4.0.106"}

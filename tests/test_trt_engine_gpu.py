@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from trtq.jobs.build import build
-from trtq.jobs.schema import load_job
+from trtq.pipeline.build import build
+from trtq.job import load_job
 
 from conftest import write_job
 
@@ -34,7 +34,7 @@ def _build(tiny, **sections):
 
 
 def test_explicit_build_writes_a_plan_that_runs_and_reports_int8_layers(trt, tiny):
-    from trtq.backends.tensorrt import load_runner
+    from trtq.engine.tensorrt import load_runner
 
     result = _build(tiny)
     folder = result.out_dir

@@ -11,10 +11,10 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
-from trtq.backends import tensorrt as trt_backend
+from trtq.engine import tensorrt as trt_backend
 from trtq.errors import BackendError, JobError
-from trtq.jobs.schema import load_job
-from trtq.model import InputSpec
+from trtq.job import load_job
+from trtq.model.load import InputSpec
 from trtq.quant.precision import cast_nodes_fp16
 from trtq.trt.builder import Profile, resolve_profiles
 from trtq.trt.inspect import summarize, tensor_precision
@@ -110,11 +110,11 @@ def _job(tmp_path, **sections):
 
 def test_implicit_mode_is_refused_on_tensorrt_11(tmp_path):
     job = _job(tmp_path, quantization={"target": "tensorrt"}, tensorrt={"mode": "implicit"})
-    trt_backend.check_job(job, types.SimpleNamespace(__version__="10.16.1.11"))
+    trt_backend.check_target(job.tensorrt, types.SimpleNamespace(__version__="10.16.1.11"))
     with pytest.raises(JobError, match="tensorrt.mode: implicit needs TensorRT 10.x .* use mode: explicit"):
-        trt_backend.check_job(job, types.SimpleNamespace(__version__="11.4.0.106"))
+        trt_backend.check_target(job.tensorrt, types.SimpleNamespace(__version__="11.4.0.106"))
     with pytest.raises(BackendError, match="TensorRT 8.5.3.1: trtq builds engines with TensorRT 8.6 or newer"):
-        trt_backend.check_job(job, types.SimpleNamespace(__version__="8.5.3.1"))
+        trt_backend.check_target(job.tensorrt, types.SimpleNamespace(__version__="8.5.3.1"))
 
 
 def test_tensorrt_job_keys_are_validated(tmp_path):
@@ -130,11 +130,11 @@ def test_tensorrt_job_keys_are_validated(tmp_path):
 def test_calibration_shapes_follow_the_batch_size_or_the_job(tmp_path):
     inputs = [InputSpec("x", (None, 3, 8, 8), np.dtype(np.float32))]
     job = _job(tmp_path, calibration={"path": ".", "batch_size": 16})
-    (spec,) = trt_backend.calibration_specs(job, inputs)
+    (spec,) = trt_backend.calibration_specs(job.tensorrt, job.calibration.batch_size, inputs)
     assert spec.shape == (16, 3, 8, 8) and spec.dtype == np.float32
     job = _job(tmp_path, tensorrt={"calibration_shapes": {"x": [4, 3, 9, 8]}})
     with pytest.raises(JobError, match=r"tensorrt.calibration_shapes.x: \[4, 3, 9, 8\] does not fit"):
-        trt_backend.calibration_specs(job, inputs)
+        trt_backend.calibration_specs(job.tensorrt, job.calibration.batch_size, inputs)
 
 
 # -- FP16 layers in a strongly typed graph -----------------------------------------------------
@@ -182,3 +182,37 @@ def test_doctor_reports_what_this_machine_allows(run_cli):
         assert "trtq[tensorrt]" in facts["tensorrt_error"] and len(facts["allows"]) == 1
     if facts["gpu"] is None:
         assert facts["gpu_error"] and "\n" not in facts["gpu_error"]
+
+
+# -- the pipeline's wiring of the TensorRT target (TensorRT itself is not run: only trtq's calls) ----
+def test_tensorrt_target_hands_the_engine_stage_the_jobs_pieces(tiny, monkeypatch, tmp_path):
+    import trtq.engine.tensorrt as trt_engine
+    from conftest import write_job
+
+    from trtq.calib.ranges import Range
+    from trtq.pipeline.build import build
+
+    seen = {}
+
+    def fake_build_plan(spec, calibrator, batch_sizes, stage, model, ranges, inputs, calibration_batches, excluded,
+                        progress):
+        seen.update(spec=spec, calibrator=calibrator, batch_sizes=batch_sizes, ranges=ranges, excluded=excluded,
+                    qdq_exists=(stage / "model.int8.onnx").is_file(), feeds=list(calibration_batches()))
+        (stage / "engine.plan").write_bytes(b"plan")
+        return {"path": "engine.plan", "kind": "tensorrt", "tensorrt_version": "10.16.1.11", "mode": "explicit"}
+
+    monkeypatch.setattr(trt_engine, "require_tensorrt", lambda: types.SimpleNamespace(__version__="10.16.1.11"))
+    monkeypatch.setattr(trt_engine, "build_plan", fake_build_plan)
+    monkeypatch.setattr(trt_engine, "inspect_plan", lambda plan, inputs, engine: {"detailed": False})
+    job = {**tiny["job"], "quantization": {"target": "tensorrt", "exclude_nodes": ["conv"], "keep_precision": "fp16"},
+           "tensorrt": {"workspace_mb": 64}, "calibration": {"path": "data.npz", "batch_size": 6}}
+    job.pop("evaluation")
+    result = build(load_job(write_job(tiny["dir"] / "trt.yaml", job)), tmp_path)
+    assert seen["spec"].workspace_mb == 64 and seen["calibrator"].method == "minmax"
+    assert seen["batch_sizes"] == [6] and seen["excluded"] == ["conv"] and seen["qdq_exists"]
+    assert all(isinstance(r, Range) for r in seen["ranges"].values())
+    assert [len(f["input"]) for f in seen["feeds"]] == [6, 6, 6, 6]
+    q = result.report["quantization"]
+    assert q["excluded"] == [["conv", "excluded by the job"]] and q["excluded_precision"] == "fp16"
+    assert result.report["engine"]["inspection"] == {"detailed": False}
+    assert "kept out of INT8 (in FP16): `conv`" in (result.out_dir / "report.md").read_text()

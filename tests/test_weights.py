@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from trtq.quant.weights import dequantize_weights, per_channel_scales, quantize_weights, weight_axis
+from trtq.quant.weights import dequantize_weights, per_channel_scales, quantize_weights
+from trtq.model.plan import weight_axis
 
 # rows with max |w| 3.0, 2.5, 1.2, 1.0 (the hand-computed example)
 W = np.array([[3.0, -1.0, 0.5],

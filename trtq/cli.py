@@ -22,8 +22,8 @@ def _console(stderr: bool = False):
 
 
 def _cmd_build(args) -> int:
-    from .jobs.build import build
-    from .jobs.schema import load_job
+    from .job import load_job
+    from .pipeline.build import build
     from .progress import Progress, RichProgress
     from .report.writer import headline_rows
 
@@ -55,16 +55,15 @@ def _print_summary(result, rows, verb: str = "build") -> None:
 
 
 def _cmd_eval(args) -> int:
-    from .jobs.build import BuildResult
-    from .jobs.evaluation import reevaluate
-    from .jobs.schema import load_job
+    from .job import load_job
+    from .pipeline.reevaluate import reevaluate
     from .progress import Progress, RichProgress
     from .report.writer import headline_rows
 
     job = load_job(args.job, args.set or [])
     progress = Progress() if args.quiet else RichProgress(_console(stderr=True))
-    folder, report = reevaluate(job, Path(args.out).resolve() if args.out else None, progress)
-    _print_summary(BuildResult(folder, report), headline_rows(report, intervals=False), verb="eval")
+    result = reevaluate(job, Path(args.out).resolve() if args.out else None, progress)
+    _print_summary(result, headline_rows(result.report, intervals=False), verb="eval")
     return 0
 
 
@@ -84,7 +83,7 @@ def _parse_shapes(items) -> dict[str, tuple[int, ...]]:
 def _cmd_bench(args) -> int:
     from rich.table import Table
 
-    from .jobs.bench import bench
+    from .evaluation.bench import bench
 
     result = bench(Path(args.model), args.batch, args.warmup, args.iterations, args.duration, args.threads,
                    _parse_shapes(args.shape))
@@ -110,16 +109,14 @@ def _cmd_bench(args) -> int:
 def _cmd_inspect(args) -> int:
     from rich.table import Table
 
-    from .model import input_specs, load_model, output_names
-    from .quant.qdq import name_nodes, plan_quantization
+    from .model.prepare import prepare
 
-    model = load_model(Path(args.model))
-    name_nodes(model)
-    plan = plan_quantization(model)
+    prepared = prepare(Path(args.model))
+    plan = prepared.plan
     out = _console()
-    for spec in input_specs(model):
+    for spec in prepared.inputs:
         out.print(f"input  {spec.name}: {spec.dtype} {['?' if d is None else d for d in spec.shape]}")
-    for name in output_names(model):
+    for name in prepared.outputs:
         out.print(f"output {name}")
     table = Table(title=f"{len(plan.nodes)} weighted ops trtq quantizes")
     for col in ("node", "op", "activation", "weight", "axis"):
@@ -127,14 +124,14 @@ def _cmd_inspect(args) -> int:
     for q in plan.nodes:
         table.add_row(q.node, q.op_type, q.activation, q.weight, str(q.axis))
     out.print(table)
-    for node, why in plan.kept_fp32:
-        out.print(f"kept FP32: {node} ({why})")
+    for node, why in plan.excluded:
+        out.print(f"not quantized: {node} ({why})")
     return 0
 
 
 def _cmd_cache(args) -> int:
     from .calib import cache as trt_cache
-    from .jobs import convert
+    from .pipeline import convert
 
     out = _console()
     if args.cache_command == "show":
@@ -162,14 +159,14 @@ def _cmd_cache(args) -> int:
 def _cmd_run(args) -> int:
     from rich.table import Table
 
-    from .jobs import run as runner
-    from .jobs.sweep import load_jobs
+    from .runs import run as runner
+    from .runs.sweep import load_jobs
 
     jobs = load_jobs(args.paths, args.set or [])
     out_root = Path(args.out).resolve() if args.out else None
     err = _console(stderr=True)
     if args.ray:
-        from .jobs.ray_cluster import RayExecutor
+        from .runs.ray_cluster import RayExecutor
 
         executor = RayExecutor(args.ray, args.ray_cpus, args.ray_shared)
     else:
@@ -181,13 +178,11 @@ def _cmd_run(args) -> int:
     doc = runner.summary(items)
     folder = out_root or Path(jobs[0][1].output)
     runner.write_summary(doc, folder)
-    table = Table(title=f"trtq run → {folder}/summary.md", title_justify="left")
-    for col in ("job", "status", "method", "FP32 top-1", "INT8 top-1", "agreement", "SQNR dB", "latency"):
-        table.add_column(col, justify="left" if col in ("job", "status", "method") else "right")
+    table = Table(title=f"trtq run → {folder}/{runner.SUMMARY_MD}", title_justify="left")
+    for i, col in enumerate(runner.SUMMARY_COLUMNS):
+        table.add_column(col, justify="left" if i < 5 else "right")
     for r in doc["jobs"]:
-        lat = "—" if r["latency_ratio"] is None else f"{r['latency_ratio']:.2f}×"
-        table.add_row(r["job"], r["status"], r["method"], runner._pct(r["fp32_top1"]), runner._pct(r["int8_top1"]),
-                      runner._pct(r["agreement"]), "—" if r["sqnr_db"] is None else f"{r['sqnr_db']:.1f}", lat)
+        table.add_row(*runner.summary_cells(r))
     out = _console()
     out.print(table)
     failed = [r for r in doc["jobs"] if r["status"] == "failed"]
@@ -199,7 +194,7 @@ def _cmd_run(args) -> int:
 def _cmd_doctor(args) -> int:
     import functools
 
-    from .backends.tensorrt import doctor
+    from .engine.tensorrt import doctor
 
     facts = doctor()
     if args.json:
@@ -219,7 +214,7 @@ def _cmd_doctor(args) -> int:
     return 0
 
 
-def make_parser() -> argparse.ArgumentParser:
+def make_parser() -> argparse.ArgumentParser:  # long but flat: one declarative block per command
     from . import __version__
 
     p = argparse.ArgumentParser(prog="trtq", description="INT8 deployment pipeline for TensorRT and ONNX Runtime")

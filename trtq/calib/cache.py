@@ -13,7 +13,7 @@ import struct
 from dataclasses import dataclass, field
 
 from ..errors import CacheError
-from ..scales import safe_amax
+from .ranges import Range
 
 _HEADER = re.compile(r"^TRT-(\d+)-([A-Za-z0-9]+)$")
 _LINE = re.compile(r"^(.+): ([0-9a-fA-F]{8})$")
@@ -58,6 +58,11 @@ def loads(text: str | bytes, source: str = "cache") -> CalibrationCache:
     return cache
 
 
-def from_ranges(amax: dict[str, float], version: str, algorithm: str) -> CalibrationCache:
-    """Scales ``amax / 127``; a zero range gets the scale of amax 1 (see :func:`safe_amax`)."""
-    return CalibrationCache(version, algorithm, {k: safe_amax(amax[k]) / 127.0 for k in sorted(amax)})
+def from_ranges(ranges: dict[str, Range], version: str, algorithm: str) -> CalibrationCache:
+    """Scales ``amax / 127``; a zero range gets the scale of amax 1 (see :func:`Range.scale`)."""
+    return CalibrationCache(version, algorithm, {k: ranges[k].scale for k in sorted(ranges)})
+
+
+def cache_text(ranges: dict[str, Range], version: str, algorithm: str) -> str:
+    """The cache file's text for ``ranges``, header ``TRT-<version>-<algorithm>``."""
+    return dumps(from_ranges(ranges, version, algorithm))

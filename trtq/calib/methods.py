@@ -13,7 +13,9 @@ import numba as nb
 import numpy as np
 
 from ..errors import JobError
+from ..job import CalibratorSpec
 from ..plugins import import_callable
+from .ranges import Range
 from .stats import TensorStats
 
 TRT_BINS = 2048  # EntropyCalibration2's histogram size over [0, max]
@@ -211,9 +213,9 @@ def _mse_best(s0, s1, s2, start_bin, qmax):
 BUILTIN = {"minmax": MinMax, "percentile": Percentile, "entropy": Entropy, "mse": MSE}
 
 
-def make_method(spec):
+def make_method(spec: CalibratorSpec):
     """Build a method from the job's ``calibrator`` section."""
-    if getattr(spec, "class_", None):
+    if spec.class_:
         cls = import_callable(spec.class_, "calibrator.class")
         try:
             method = cls(**(spec.options or {}))
@@ -233,7 +235,7 @@ def describe(method) -> dict:
     return {"method": f"{type(method).__module__}:{type(method).__qualname__}"}
 
 
-def compute_ranges(stats: dict[str, TensorStats], method) -> dict[str, dict[str, float]]:
+def compute_ranges(stats: dict[str, TensorStats], method) -> dict[str, Range]:
     """amax per tensor, plus the observed min/max clipped to ±amax (used for affine ranges)."""
     out = {}
     for name in sorted(stats):
@@ -241,9 +243,6 @@ def compute_ranges(stats: dict[str, TensorStats], method) -> dict[str, dict[str,
         amax = float(method.compute_amax(st))
         if not np.isfinite(amax) or amax < 0:
             raise JobError(f"calibrator returned amax {amax} for tensor '{name}'; amax must be a finite number >= 0")
-        out[name] = {
-            "amax": amax,
-            "min": float(max(st.min, -amax)) if st.count else 0.0,
-            "max": float(min(st.max, amax)) if st.count else 0.0,
-        }
+        out[name] = Range(amax, float(max(st.min, -amax)) if st.count else 0.0,
+                          float(min(st.max, amax)) if st.count else 0.0)
     return out

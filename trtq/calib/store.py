@@ -12,15 +12,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 
+from ..artifacts import STATS_FOLDER, write_atomic
 from .stats import TensorStats
 
 STATS_VERSION = 3  # 2: per-channel sums for bias correction; 3: data fingerprint over per-sample digests
-FOLDER = ".trtq-stats"
+FOLDER = STATS_FOLDER
 
 
 def stats_key(model_sha: str, tensors: list[str], spec_dump: dict, files: list[Path]) -> str | None:
@@ -45,19 +45,21 @@ def save(root: Path, key: str, stats: dict[str, TensorStats], info: dict) -> Pat
     arrays["__names__"] = np.array(json.dumps(names))
     for i, name in enumerate(names):
         arrays.update(stats[name].to_arrays(f"t{i}"))
-    final = folder / f"{key}.npz"
-    tmp = folder / f".{key}.{os.getpid()}.tmp.npz"
-    np.savez(tmp, **arrays)
-    os.replace(tmp, final)
+    final = path(root, key)
+    write_atomic(final, lambda tmp: np.savez(tmp, **arrays))
     return final
 
 
+def path(root: Path, key: str) -> Path:
+    return root / FOLDER / f"{key}.npz"
+
+
 def load(root: Path, key: str) -> tuple[dict[str, TensorStats], dict] | None:
-    path = root / FOLDER / f"{key}.npz"
-    if not path.is_file():
+    file = path(root, key)
+    if not file.is_file():
         return None
     try:
-        with np.load(path, allow_pickle=False) as z:
+        with np.load(file, allow_pickle=False) as z:
             info = json.loads(str(z["__info__"]))
             names = json.loads(str(z["__names__"]))
             return {n: TensorStats.from_arrays(z, f"t{i}") for i, n in enumerate(names)}, info

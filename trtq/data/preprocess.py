@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import DataError
-from ..jobs.schema import Preprocess
+from ..job import Preprocess
 
 _RESAMPLE = {
     "nearest": Image.Resampling.NEAREST,

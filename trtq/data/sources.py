@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from ..jobs.schema import DataSpec
-from ..model import InputSpec
+from ..job import DataSpec
+from ..model.load import InputSpec
 from ..plugins import import_callable
 from .preprocess import load_image
 

@@ -31,10 +31,6 @@ def cast_nodes_fp16(model: onnx.ModelProto, nodes: list[str] | tuple[str, ...]) 
     wanted = set(nodes)
     floats = _float_tensors(out)
     inits = {i.name: i for i in g.initializer}
-    users: dict[str, int] = {}
-    for n in g.node:
-        for i in n.input:
-            users[i] = users.get(i, 0) + 1
     new_nodes = []
     half_of: dict[str, str] = {}  # float tensor → its FP16 copy (shared by several FP16 nodes)
     for n in g.node:

@@ -4,24 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..scales import safe_amax_array
+from ..calib.ranges import safe_amax_array
 
-WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 QMAX_BY_BITS = {7: 64, 8: 127}  # symmetric weight range per bit width (7: no u8×s8 int16 saturation)
-
-
-def weight_axis(op_type: str, attrs: dict, weight_ndim: int) -> int:
-    """Output-channel axis of a weight: Conv [K,C,R,S] → 0; ConvTranspose [C,K,R,S] → 1;
-    Gemm transB=1 [N,K] → 0, transB=0 [K,N] → 1; MatMul constant B [K,N] → last axis."""
-    if op_type == "Conv":
-        return 0
-    if op_type == "ConvTranspose":
-        return 1
-    if op_type == "Gemm":
-        return 0 if attrs.get("transB", 0) else 1
-    if op_type == "MatMul":
-        return weight_ndim - 1
-    raise ValueError(f"{op_type} has no weight axis rule")
 
 
 def per_channel_amax(w: np.ndarray, axis: int) -> np.ndarray:

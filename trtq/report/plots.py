@@ -6,8 +6,6 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-LATENCY_PNG = "latency.png"
-PER_LAYER_PNG = "per_layer_sqnr.png"
 
 
 def _pyplot():

@@ -6,7 +6,7 @@ import json
 import math
 from pathlib import Path
 
-SCHEMA_VERSION = 1
+from ..artifacts import LATENCY_PNG, PER_LAYER_PNG, REPORT_JSON, REPORT_MD, write_atomic_group
 
 
 def _clean(obj):
@@ -26,11 +26,16 @@ def _clean(obj):
     return obj
 
 
-def write_json(report: dict, path: Path) -> None:
-    path.write_text(json.dumps(_clean(report), indent=2, sort_keys=False) + "\n")
+def render_json(report: dict) -> str:
+    return json.dumps(_clean(report), indent=2, sort_keys=False) + "\n"
 
 
-def _pct(x) -> str:
+def write_report(report: dict, folder: Path) -> None:
+    """``report.json`` and ``report.md`` into ``folder``, atomically."""
+    write_atomic_group([(folder / REPORT_JSON, render_json(report)), (folder / REPORT_MD, render_markdown(report))])
+
+
+def pct(x) -> str:
     return "—" if not isinstance(x, (int, float)) else f"{100 * x:.2f} %"
 
 
@@ -57,9 +62,9 @@ def headline_rows(report: dict, intervals: bool = True) -> list[tuple[str, str, 
         if key in ia:
             delta = 100 * (ia[key] - fa[key])
             rows.append((f"{key.replace('top', 'top-')} ({ia.get('samples', '?')} samples)",
-                         _pct(fa[key]) + _c(fa, key), _pct(ia[key]) + _c(ia, key), f"{delta:+.2f} pts"))
+                         pct(fa[key]) + _c(fa, key), pct(ia[key]) + _c(ia, key), f"{delta:+.2f} pts"))
     if "top1_agreement" in ia:
-        rows.append(("top-1 agreement", "—", _pct(ia["top1_agreement"]) + _c(ia, "top1_agreement"), ""))
+        rows.append(("top-1 agreement", "—", pct(ia["top1_agreement"]) + _c(ia, "top1_agreement"), ""))
     fid = ia.get("fidelity")
     if fid:
         rows.append(("output SQNR", "—", f"{fid['sqnr_db']:.1f} dB" if isinstance(fid["sqnr_db"], float) else str(fid["sqnr_db"]), ""))
@@ -93,20 +98,8 @@ def _tensorrt_lines(report: dict, eng: dict) -> list[str]:
     return lines
 
 
-def write_markdown(report: dict, path: Path) -> None:
-    job = report["job"]
-    cal = report["calibration"]
-    q = report["quantization"]
-    lines = [f"# trtq report: {job['name']}", ""]
-    lines += [f"Model `{report['model']['path']}` → target **{q['target']}**, calibrator "
-              f"**{cal['method']['method']}** on {cal['samples']} samples ({cal['seconds']:.1f} s).", ""]
-    rows = headline_rows(report)
-    if rows:
-        lines += ["| metric | FP32 | INT8 | change |", "|---|---|---|---|"]
-        lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
-        lines += ["", "Brackets: 95 % Wilson interval of the proportion."]
-    else:
-        lines += ["No evaluation section in the job: accuracy and latency were not measured."]
+def _latency_lines(report: dict) -> list[str]:
+    lines = []
     for side in ("fp32", "int8"):
         lat = report.get(side, {}).get("latency", {}).get("by_batch", {})
         if lat:
@@ -122,6 +115,11 @@ def write_markdown(report: dict, path: Path) -> None:
     if any(s.get("unstable") for side in ("fp32", "int8")
            for s in report.get(side, {}).get("latency", {}).get("by_batch", {}).values()):
         lines += ["", "⚠ coefficient of variation above 5 %: this machine was noisy; compare ratios, not absolute times."]
+    return lines
+
+
+def _outputs_lines(report: dict) -> list[str]:
+    lines = []
     custom = report.get("custom_metric")
     if custom:
         lines += ["", "## Custom metric", "", "| metric | value |", "|---|---|"]
@@ -133,25 +131,46 @@ def write_markdown(report: dict, path: Path) -> None:
         for name, f in by_output.items():
             lines.append(f"| `{name}` | {_db(f['sqnr_db'])} | {f['cosine_mean']:.5f} | {f['max_abs_error']:.4g} | "
                          f"{f['mean_abs_error']:.4g} |")
-    if "latency.png" in report.get("plots", []):
-        lines += ["", "![latency](latency.png)"]
+    return lines
+
+
+def _per_layer_lines(report: dict) -> list[str]:
     pl = report.get("per_layer")
-    if pl:
-        by_name = {r["node"]: r for r in pl["layers"]}
-        lines += ["", f"## Where accuracy is lost ({pl['samples']} samples)", "",
-                  "Layers ranked by the relative noise power they add (N_out − N_in, N = 10^(−SQNR/10)); "
-                  "SQNR of the layer's input (upstream error) and output against FP32.", "",
-                  "| # | layer | op | input SQNR dB | output SQNR dB | noise added |", "|---|---|---|---|---|---|"]
-        for i, name in enumerate(pl["worst"], 1):
-            r = by_name[name]
-            lines.append(f"| {i} | `{name}` | {r['op']} | {_db(r['input_sqnr_db'])} | {_db(r['output_sqnr_db'])} | "
-                         f"{r['added_noise']:.2e} |")
-        if "per_layer_sqnr.png" in report.get("plots", []):
-            lines += ["", "![per-layer SQNR](per_layer_sqnr.png)"]
-    lines += ["", "## Quantization", "",
-              f"- {q['quantized_nodes']} weighted ops quantized (per-channel int8 weights), "
-              f"{len(q['kept_fp32'])} kept in FP32" + (": " + ", ".join(f"`{n}` ({r})" for n, r in q["kept_fp32"]) if q["kept_fp32"] else ""),
-              f"- {cal['tensors']} activation tensors calibrated; data fingerprint `{cal['data_fingerprint'][:16]}…`"]
+    if not pl:
+        return []
+    by_name = {r["node"]: r for r in pl["layers"]}
+    lines = ["", f"## Where accuracy is lost ({pl['samples']} samples)", "",
+             "Layers ranked by the relative noise power they add (N_out − N_in, N = 10^(−SQNR/10)); "
+             "SQNR of the layer's input (upstream error) and output against FP32.", "",
+             "| # | layer | op | input SQNR dB | output SQNR dB | noise added |", "|---|---|---|---|---|---|"]
+    for i, name in enumerate(pl["worst"], 1):
+        r = by_name[name]
+        lines.append(f"| {i} | `{name}` | {r['op']} | {_db(r['input_sqnr_db'])} | {_db(r['output_sqnr_db'])} | "
+                     f"{r['added_noise']:.2e} |")
+    if PER_LAYER_PNG in report.get("plots", []):
+        lines += ["", f"![per-layer SQNR]({PER_LAYER_PNG})"]
+    return lines
+
+
+def _layout_line(cal: dict) -> list[str]:
+    layout = cal.get("activation_layout")
+    if not layout:
+        return []
+    total = layout["nchwc_tensors"] + layout["nchw_tensors"]
+    if layout["nchwc_tensors"]:
+        return [f"- calibration read {layout['nchwc_tensors']} of {total} tensors in ONNX Runtime's NCHWc layout, "
+                "the rest in NCHW order (the same statistics either way)"]
+    return [f"- calibration read every tensor in NCHW order: {layout['fallback'] or 'none is NCHWc'}"]
+
+
+def _quantization_lines(report: dict) -> list[str]:
+    cal, q = report["calibration"], report["quantization"]
+    lines = ["", "## Quantization", "",
+             f"- {q['quantized_nodes']} weighted ops quantized (per-channel int8 weights), "
+             f"{len(q['excluded'])} kept out of INT8 (in {q['excluded_precision'].upper()})"
+             + (": " + ", ".join(f"`{n}` ({r})" for n, r in q["excluded"]) if q["excluded"] else ""),
+             f"- {cal['tensors']} activation tensors calibrated; data fingerprint `{cal['data_fingerprint'][:16]}…`"]
+    lines += _layout_line(cal)
     eng = report.get("engine", {})
     if eng.get("kernels"):
         k = eng["kernels"]
@@ -159,9 +178,30 @@ def write_markdown(report: dict, path: Path) -> None:
                      f"{k['fp32_weighted']} in FP32 (weights {eng.get('weight_bits', 8)}-bit)")
     if eng.get("kind") == "tensorrt":
         lines += _tensorrt_lines(report, eng)
+    return lines
+
+
+def render_markdown(report: dict) -> str:
+    job = report["job"]
+    cal = report["calibration"]
+    q = report["quantization"]
+    lines = [f"# trtq report: {job['name']}", ""]
+    lines += [f"Model `{report['model']['path']}` → target **{q['target']}**, calibrator "
+              f"**{cal['method']['method']}** on {cal['samples']} samples ({cal['seconds']:.1f} s).", ""]
+    rows = headline_rows(report)
+    if rows:
+        lines += ["| metric | FP32 | INT8 | change |", "|---|---|---|---|"]
+        lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
+        lines += ["", "Brackets: 95 % Wilson interval of the proportion."]
+    else:
+        lines += ["No evaluation section in the job: accuracy and latency were not measured."]
+    lines += _latency_lines(report) + _outputs_lines(report)
+    if LATENCY_PNG in report.get("plots", []):
+        lines += ["", f"![latency]({LATENCY_PNG})"]
+    lines += _per_layer_lines(report) + _quantization_lines(report)
     m = report["machine"]
     lines += ["", "## Machine", "", f"- {m['cpu']} ({m['machine']}), VNNI: {'yes' if m['vnni'] else 'no'}, "
               f"threads: {report.get('threads') or 'onnxruntime default'}",
               f"- trtq {report['versions']['trtq']}, onnxruntime {report['versions']['onnxruntime']}, "
               f"onnx {report['versions']['onnx']}, numpy {report['versions']['numpy']}", ""]
-    path.write_text("\n".join(lines))
+    return "\n".join(lines)

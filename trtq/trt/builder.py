@@ -12,10 +12,10 @@ Everything TensorRT-specific is in this module, :mod:`.implicit`, :mod:`.runner`
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..artifacts import write_atomic
 from ..errors import BackendError, JobError
 
 
@@ -180,10 +180,5 @@ def build_serialized(trt, onnx_path: Path, options: BuildOptions, batch_sizes: l
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, data)

@@ -13,7 +13,6 @@ once the build call has returned.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Protocol
 
 import numpy as np
 
+from ..artifacts import write_atomic
 from ..errors import DataError, TrtqError
 
 
@@ -142,12 +142,7 @@ class CalibrationFeeder:
         data = bytes(cache)
         self.cache_written = data
         if self.cache_out is not None:
-            tmp = self.cache_out.with_name(f".{self.cache_out.name}.{os.getpid()}.tmp")
-            try:
-                tmp.write_bytes(data)
-                os.replace(tmp, self.cache_out)
-            finally:
-                tmp.unlink(missing_ok=True)
+            write_atomic(self.cache_out, data)
 
     # -- lifetime ------------------------------------------------------------------------------
     def _check(self, name: str, batch: Mapping[str, np.ndarray]) -> np.ndarray:

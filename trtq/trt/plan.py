@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
+from ..artifacts import write_atomic_group
 from ..errors import BackendError
 
 META_SUFFIX = ".json"
@@ -28,21 +28,8 @@ def write_plan(plan: Path, data: bytes | memoryview, meta: dict) -> dict:
     metadata as written (with ``sha256`` and ``bytes``)."""
     data = bytes(data)
     meta = {**meta, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
-    pairs = [(plan, data), (meta_path(plan), (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())]
-    tmps = []
-    try:
-        for path, payload in pairs:
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            tmps.append(tmp)
-            with open(tmp, "wb") as f:
-                f.write(payload)
-                f.flush()
-                os.fsync(f.fileno())
-        for (path, _), tmp in zip(pairs, tmps):
-            os.replace(tmp, path)
-    finally:
-        for tmp in tmps:
-            tmp.unlink(missing_ok=True)
+    write_atomic_group([(plan, data), (meta_path(plan), json.dumps(meta, indent=2, sort_keys=True) + "\n")],
+                       fsync=True)
     return meta
 
 

@@ -76,7 +76,7 @@ class EngineRunner:
     def time(self, feeds: dict[str, np.ndarray], warmup: int, iterations: int, duration_s: float | None = None) -> dict:
         """Per-iteration milliseconds: ``gpu_compute`` (CUDA events around ``execute_async_v3``) and
         ``latency`` (copies in, compute, copies out, synchronised); summarise them with
-        :func:`trtq.evaluate.latency.summarize`."""
+        :func:`trtq.evaluation.latency.summarize`."""
         for _ in range(warmup):
             self(feeds)
         start, end = self.rt.event(), self.rt.event()

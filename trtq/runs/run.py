@@ -9,7 +9,7 @@ Each job goes through two phases:
    build has finished, so no latency measurement ever shares the machine with other work.
 
 A stage is skipped when ``fingerprint.json`` in the job's folder records the fingerprint its
-inputs have now (:mod:`trtq.jobs.fingerprint`); ``--force`` rebuilds everything. A failed job is
+inputs have now (:mod:`trtq.runs.fingerprint`); ``--force`` rebuilds everything. A failed job is
 reported with its error and the others go on; the exit status is the number of failed jobs.
 """
 
@@ -23,10 +23,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..artifacts import REPORT_JSON, SUMMARY_JSON, SUMMARY_MD, write_atomic_group
 from ..errors import TrtqError
+from ..job import Job
 from ..progress import Progress
+from ..report.writer import pct
 from . import fingerprint as fp
-from .schema import Job
 
 
 @dataclass
@@ -52,7 +54,7 @@ def default_workers() -> int:
 
 
 def plan(jobs: list[tuple[Path, Job]], out_root: Path | None, force: bool) -> list[Item]:
-    from ..backends.onnxruntime import cpu_info
+    from ..runtime.onnxruntime import cpu_info
 
     cpu = cpu_info()
     items = []
@@ -61,7 +63,7 @@ def plan(jobs: list[tuple[Path, Job]], out_root: Path | None, force: bool) -> li
         b = fp.build_fingerprint(job, cpu)
         item = Item(job, file, root, b, fp.evaluation_fingerprint(job, b))
         have = {} if force else fp.read(item.folder)
-        if b is not None and have.get("build") == b and (item.folder / "report.json").is_file():
+        if b is not None and have.get("build") == b and (item.folder / REPORT_JSON).is_file():
             item.action = "skip" if job.evaluation is None or have.get("evaluation") == item.eval_fp else "evaluate"
         items.append(item)
     return items
@@ -77,7 +79,7 @@ def _error_text(exc: BaseException) -> str:
 
 def build_task(job_json: dict, root: str, threads: int | None) -> tuple[str | None, float]:
     """One build without evaluation, in a worker process: (error or None, seconds)."""
-    from .build import build
+    from ..pipeline.build import build
 
     if threads:
         os.environ["TRTQ_THREADS"] = str(threads)
@@ -121,7 +123,7 @@ class LocalExecutor:
                 done(futures[f], err, secs)
 
     def evaluate(self, item: Item, progress: Progress) -> tuple[str | None, float]:
-        from .evaluation import reevaluate
+        from ..pipeline.reevaluate import reevaluate
 
         t0 = time.perf_counter()
         try:
@@ -178,7 +180,7 @@ def _row(it: Item) -> dict:
            "method": it.job.calibrator.class_ or it.job.calibrator.method, "target": it.job.quantization.target,
            "model": Path(it.job.model).name, "folder": str(it.folder), "seconds": it.seconds}
     try:
-        rep = json.loads((it.folder / "report.json").read_text()) if it.status != "failed" else {}
+        rep = json.loads((it.folder / REPORT_JSON).read_text()) if it.status != "failed" else {}
     except (OSError, json.JSONDecodeError):
         rep = {}
     acc32 = rep.get("fp32", {}).get("accuracy", {})
@@ -200,19 +202,22 @@ def summary(items: list[Item]) -> dict:
     return {"jobs": rows, "counts": counts}
 
 
-def _pct(x) -> str:
-    return "—" if x is None else f"{100 * x:.2f} %"
+SUMMARY_COLUMNS = ("job", "status", "model", "method", "target", "FP32 top-1", "INT8 top-1", "agreement", "SQNR dB",
+                   "latency INT8/FP32")
+
+
+def summary_cells(r: dict) -> tuple[str, ...]:
+    """One job's row of the run summary, as text (summary.md and the terminal table)."""
+    lat = "—" if r["latency_ratio"] is None else f"{r['latency_ratio']:.2f}× (bs{r['latency_batch']})"
+    sq = "—" if r["sqnr_db"] is None else f"{r['sqnr_db']:.1f}"
+    return (r["job"], r["status"], r["model"], r["method"], r["target"], pct(r["fp32_top1"]), pct(r["int8_top1"]),
+            pct(r["agreement"]), sq, lat)
 
 
 def summary_markdown(doc: dict) -> str:
     lines = ["# trtq run", "", ", ".join(f"{n} {k}" for k, n in doc["counts"].items() if n), "",
-             "| job | status | model | method | target | FP32 top-1 | INT8 top-1 | agreement | SQNR dB | latency INT8/FP32 |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in doc["jobs"]:
-        lat = "—" if r["latency_ratio"] is None else f"{r['latency_ratio']:.2f}× (bs{r['latency_batch']})"
-        sq = "—" if r["sqnr_db"] is None else f"{r['sqnr_db']:.1f}"
-        lines.append(f"| {r['job']} | {r['status']} | {r['model']} | {r['method']} | {r['target']} | {_pct(r['fp32_top1'])} | "
-                     f"{_pct(r['int8_top1'])} | {_pct(r['agreement'])} | {sq} | {lat} |")
+             "| " + " | ".join(SUMMARY_COLUMNS) + " |", "|" + "---|" * len(SUMMARY_COLUMNS)]
+    lines += ["| " + " | ".join(summary_cells(r)) + " |" for r in doc["jobs"]]
     failed = [r for r in doc["jobs"] if r["status"] == "failed"]
     if failed:
         lines += ["", "## Failures", ""] + [f"- `{r['job']}` ({r['file']}): {r['error']}" for r in failed]
@@ -221,10 +226,5 @@ def summary_markdown(doc: dict) -> str:
 
 def write_summary(doc: dict, folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    for name, text in (("summary.json", json.dumps(doc, indent=2) + "\n"), ("summary.md", summary_markdown(doc))):
-        tmp = folder / f".{name}.{os.getpid()}.tmp"
-        try:
-            tmp.write_text(text)
-            os.replace(tmp, folder / name)
-        finally:
-            tmp.unlink(missing_ok=True)
+    write_atomic_group([(folder / SUMMARY_JSON, json.dumps(doc, indent=2) + "\n"),
+                        (folder / SUMMARY_MD, summary_markdown(doc))])

@@ -1,11 +1,10 @@
-"""ONNX Runtime on CPU: sessions for FP32/INT8 inference, and the INT8 "engine" — the Q/DQ
-model optimized offline for this machine, so loading it does no re-optimization."""
+"""ONNX Runtime on CPU: sessions and runners for FP32/INT8 inference (calibration, evaluation,
+benchmarks), and the facts of this CPU that INT8 kernels depend on."""
 
 from __future__ import annotations
 
 import os
 import platform
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -13,11 +12,6 @@ import onnx
 import onnxruntime as ort
 
 from ..errors import BackendError
-
-INT8_KERNELS = {"QLinearConv", "QGemm", "QLinearMatMul", "MatMulInteger", "ConvInteger",
-                "DynamicQuantizeMatMul", "QLinearAdd", "QLinearGlobalAveragePool", "QLinearAveragePool"}
-FP32_WEIGHTED = {"Conv", "FusedConv", "Gemm", "FusedGemm", "MatMul", "FusedMatMul", "ConvTranspose", "NchwcConv"}
-
 
 def session(model: onnx.ModelProto | str | Path, threads: int | None = None, optimize: bool = True,
             optimized_path: Path | None = None, spin: bool = True) -> ort.InferenceSession:
@@ -87,26 +81,6 @@ class BoundRunner:
             for n, v in zip(names, outs):
                 io.bind_ortvalue_output(n, v)
         return [v.numpy() for v in outs]
-
-
-def build_engine(qdq_model: onnx.ModelProto, path: Path, threads: int | None = None) -> dict:
-    """Optimize the ONNX Runtime Q/DQ model for this CPU, save it at ``path``; count kernels."""
-    session(qdq_model, threads=threads, optimized_path=path)
-    return count_kernels(onnx.load(str(path), load_external_data=False))
-
-
-def count_kernels(optimized: onnx.ModelProto) -> dict:
-    ops = Counter(n.op_type for n in optimized.graph.node)
-    return {
-        "int8_weighted": sum(v for k, v in ops.items() if k in INT8_KERNELS),
-        "fp32_weighted": sum(v for k, v in ops.items() if k in FP32_WEIGHTED),
-        "ops": dict(sorted(ops.items())),
-    }
-
-
-def load_engine(path: Path, threads: int | None = None) -> Runner:
-    """An engine is already optimized: load it without running the optimizers again."""
-    return Runner(session(path, threads=threads, optimize=False))
 
 
 def cpu_info() -> dict:

@@ -15,7 +15,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ..errors import JobError
+from .errors import JobError
 
 Interpolation = Literal["nearest", "bilinear", "bicubic", "lanczos", "box", "hamming"]
 
@@ -162,6 +162,8 @@ class EvaluationSpec(DataSpec):
 
 
 class Job(_Strict):
+    """One build job, validated: each stage takes the sections it needs."""
+
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     model: Path
     input_shapes: dict[str, tuple[int, ...]] | None = None
@@ -171,6 +173,14 @@ class Job(_Strict):
     tensorrt: TensorRTSpec = TensorRTSpec()
     evaluation: EvaluationSpec | None = None
     output: Path = Path("engines")
+
+    def batch_sizes(self) -> list[tuple[str, int]]:
+        """Every batch size the job runs the model at, with the key that sets it."""
+        sizes = [("calibration.batch_size", self.calibration.batch_size)]
+        if self.evaluation is not None:
+            sizes.append(("evaluation.batch_size", self.evaluation.batch_size))
+            sizes += [("evaluation.latency.batch_sizes", b) for b in self.evaluation.latency.batch_sizes]
+        return sizes
 
 
 PATH_KEYS = {
@@ -207,10 +217,13 @@ def _resolve_paths(data: dict, base: Path) -> None:
                     sec[key] = f"{_resolve(mod, base)}:{fn}"
 
 
+DOTTED_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")  # a.b.c (--set, sweep keys)
+
+
 def parse_override(text: str) -> tuple[tuple[str, ...], Any]:
     """``a.b.c=value`` → (('a','b','c'), value parsed as YAML)."""
     key, sep, raw = text.partition("=")
-    if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*", key.strip()):
+    if not sep or not DOTTED_KEY.match(key.strip()):
         raise JobError(f"--set {text!r}: expected KEY.PATH=VALUE, e.g. --set calibration.batch_size=16")
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""

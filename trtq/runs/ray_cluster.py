@@ -26,9 +26,9 @@ from pathlib import Path
 
 from ..errors import BackendError
 from ..progress import Progress
-from .output import staged_output
+from ..artifacts import staged_output
+from ..job import Job
 from .run import Item, _error_text, _without_evaluation
-from .schema import Job
 
 HINT = "install Ray with pip install 'trtq[ray]'"
 
@@ -99,7 +99,7 @@ def _attempt(job: Job, work: Callable[[Path], None], shared_root: str | None,
 
 
 def _build_remote(job_json: dict, shared_root: str | None = None) -> dict:
-    from .build import build
+    from ..pipeline.build import build
 
     job = Job.model_validate(job_json)
     return _attempt(job, lambda root: build(job, root, Progress(), reuse=shared_root is not None, shard_map=shard_map),
@@ -107,7 +107,7 @@ def _build_remote(job_json: dict, shared_root: str | None = None) -> dict:
 
 
 def _evaluate_remote(job_json: dict, files: dict[str, bytes] | None, shared_root: str | None = None) -> dict:
-    from .evaluation import reevaluate
+    from ..pipeline.reevaluate import reevaluate
 
     job = Job.model_validate(job_json)
     return _attempt(job, lambda root: reevaluate(job, root, Progress()), shared_root, files)
@@ -123,7 +123,7 @@ def _resources(job: Job, cpus: int) -> dict:
 
 
 class RayExecutor:
-    """The executor interface of :class:`trtq.jobs.run.LocalExecutor`, on Ray."""
+    """The executor interface of :class:`trtq.runs.run.LocalExecutor`, on Ray."""
 
     def __init__(self, address: str, cpus_per_build: int = 1, shared: bool = False):
         _ray()  # fail now, not after planning, when Ray is missing

@@ -21,9 +21,7 @@ import re
 from pathlib import Path
 
 from ..errors import JobError
-from .schema import PATH_KEYS, Job, job_from_data, read_job_data
-
-_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+from ..job import DOTTED_KEY, PATH_KEYS, Job, job_from_data, read_job_data
 
 
 def _slug(key: tuple[str, ...], value) -> str:
@@ -50,7 +48,7 @@ def expand(data: dict, path: Path) -> list[tuple[str, dict]]:
         raise JobError(f"{path}: sweep: must map job keys to lists of values, e.g. calibrator.method: [entropy, mse]")
     keys = []
     for dotted, values in sweep.items():
-        if not isinstance(dotted, str) or not _KEY.match(dotted):
+        if not isinstance(dotted, str) or not DOTTED_KEY.match(dotted):
             raise JobError(f"{path}: sweep: {dotted!r} is not a dotted job key like calibrator.method")
         if dotted == "name":
             raise JobError(f"{path}: sweep.name: names come from the swept values; sweep other keys")

@@ -12,14 +12,15 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from ..calib import cache as trt_cache
+from ..artifacts import FP32_TMP, PLAN, QDQ_MODEL, TRT_CACHE
+from ..calib.cache import cache_text
+from ..calib.ranges import Range
 from ..errors import BackendError, JobError
-from ..model import InputSpec
+from ..job import CalibratorSpec, TensorRTSpec
+from ..model.load import InputSpec
 
 INSTALL_HINT = ("install the GPU extra on a machine with an NVIDIA GPU (pip install 'trtq[tensorrt]'), "
                 "or set quantization.target: onnxruntime to build the CPU engine")
-PLAN = "engine.plan"
-TRT_CACHE = "calibration.tensorrt.cache"  # the cache TensorRT itself wrote (implicit mode, source: tensorrt)
 
 
 def require_tensorrt():
@@ -43,42 +44,35 @@ def version_number(version: str) -> str:
     return str(major * (10000 if major >= 10 else 1000) + minor * 100 + patch)
 
 
-def check_job(job, trt) -> None:
-    """Refuse what this TensorRT cannot do, before any work."""
+def check_target(spec: TensorRTSpec, trt) -> None:
+    """Refuse what this TensorRT cannot do with the job's ``tensorrt`` section, before any work."""
     from ..trt.builder import major_version
 
     version = tuple(int(p) for p in re.findall(r"\d+", str(trt.__version__))[:2])
     if version < (8, 6):
         raise BackendError(f"TensorRT {trt.__version__}: trtq builds engines with TensorRT 8.6 or newer "
                            "(10.x or 11.x recommended); upgrade TensorRT")
-    if job.tensorrt.mode == "implicit" and major_version(trt) >= 11:
+    if spec.mode == "implicit" and major_version(trt) >= 11:
         raise JobError(f"tensorrt.mode: implicit needs TensorRT 10.x or older; TensorRT {trt.__version__} removed "
                        "implicit INT8 (calibrators, BuilderFlag.INT8) — use mode: explicit (the Q/DQ model)")
 
 
-def _options(job):
+def _options(t: TensorRTSpec):
     from ..trt.builder import BuildOptions, Profile
 
-    t = job.tensorrt
     return BuildOptions(mode=t.mode, workspace_mb=t.workspace_mb, optimization_level=t.optimization_level,
                         timing_cache=t.timing_cache, dla_core=t.dla_core,
                         profiles={k: Profile(tuple(p.min), tuple(p.opt), tuple(p.max)) for k, p in t.profiles.items()})
 
 
-def _batch_sizes(job) -> list[int]:
-    sizes = [job.calibration.batch_size]
-    if job.evaluation is not None:
-        sizes += [job.evaluation.batch_size, *job.evaluation.latency.batch_sizes]
-    return sizes
-
-
-def calibration_specs(job, inputs: list[InputSpec]):
-    """The shape and dtype each input is calibrated at (implicit mode)."""
+def calibration_specs(spec_trt: TensorRTSpec, batch_size: int, inputs: list[InputSpec]):
+    """The shape and dtype each input is calibrated at (implicit mode): ``tensorrt.calibration_shapes``,
+    else ``batch_size`` (the job's calibration batch size) and the input's static dimensions."""
     from ..trt.feeder import FeedSpec
 
     specs = []
     for spec in inputs:
-        given = job.tensorrt.calibration_shapes.get(spec.name)
+        given = spec_trt.calibration_shapes.get(spec.name)
         if given is not None:
             shape = tuple(given)
             if len(shape) != len(spec.shape) or any(s is not None and s != d for s, d in zip(spec.shape, shape)):
@@ -88,15 +82,20 @@ def calibration_specs(job, inputs: list[InputSpec]):
             if any(s is None for s in spec.shape[1:]):
                 raise JobError(f"tensorrt.calibration_shapes.{spec.name}: input '{spec.name}' has dynamic dimensions "
                                "beyond the batch; give the shape to calibrate at")
-            shape = (job.calibration.batch_size, *spec.shape[1:])
+            shape = (batch_size, *spec.shape[1:])
         specs.append(FeedSpec(spec.name, shape, np.dtype(spec.dtype)))
     return specs
 
 
-def build_plan(job, stage: Path, model: onnx.ModelProto, ranges: dict, inputs: list[InputSpec], calibration_batches,
-               kept_fp32: list[str], progress) -> dict:
-    """Build ``stage/engine.plan`` (+ ``engine.plan.json``); the report's ``engine`` section."""
+def build_plan(spec: TensorRTSpec, calibrator: CalibratorSpec, batch_sizes: list[int], stage: Path,
+               model: onnx.ModelProto, ranges: dict[str, Range], inputs: list[InputSpec], calibration_batches,
+               excluded: list[str], progress) -> dict:
+    """Build ``stage/engine.plan`` (+ ``engine.plan.json``) from ``stage/model.int8.onnx`` (explicit
+    mode) or ``model`` with trtq's calibrator (implicit); the report's ``engine`` section.
+    ``batch_sizes``: every batch the engine must run (the first is calibration's);
+    ``calibration_batches()`` yields feeds for TensorRT's own calibration."""
     from .. import __version__
+    from ..trt.calibrators import CACHE_ALGORITHM
     from ..trt.builder import build_serialized
     from ..trt.cuda import DeviceAllocator, cuda_runtime
     from ..trt.feeder import CalibrationFeeder, full_batches
@@ -104,34 +103,33 @@ def build_plan(job, stage: Path, model: onnx.ModelProto, ranges: dict, inputs: l
     from ..trt.plan import write_plan
 
     trt = require_tensorrt()
-    check_job(job, trt)
     rt = cuda_runtime()
     gpu = rt.device()
-    options = _options(job)
+    options = _options(spec)
     implicit = None
-    onnx_path = stage / "model.int8.onnx"
+    onnx_path = stage / QDQ_MODEL
     dropped: list[int] = []
     tmp_fp32 = None
-    if job.tensorrt.mode == "implicit":
-        tmp_fp32 = stage / ".model.fp32.onnx"
+    if spec.mode == "implicit":
+        tmp_fp32 = stage / FP32_TMP
         onnx.save(model, str(tmp_fp32))
         onnx_path = tmp_fp32
-        cal = job.calibrator
+        cal = calibrator
         kind = "minmax" if cal.method == "minmax" else "entropy"
-        algorithm = "MinMaxCalibration" if kind == "minmax" else "EntropyCalibration2"
+        algorithm = CACHE_ALGORITHM[kind]
         version = cal.cache_version if "cache_version" in cal.model_fields_set else version_number(trt.__version__)
-        specs = calibration_specs(job, inputs)
+        specs = calibration_specs(spec, batch_sizes[0], inputs)
         if cal.source == "trtq":
-            cache = trt_cache.dumps(trt_cache.from_ranges({k: v["amax"] for k, v in ranges.items()}, version, algorithm))
+            cache = cache_text(ranges, version, algorithm)
             feeder = CalibrationFeeder([], specs, DeviceAllocator(rt), cache_in=cache.encode(), cache_only=True)
         else:
             feeder = CalibrationFeeder(full_batches(calibration_batches(), specs[0].shape[0], dropped), specs,
                                        DeviceAllocator(rt), cache_out=stage / TRT_CACHE)
-        implicit = ImplicitSetup(feeder, kind, {s.name: s.shape for s in specs}, tuple(kept_fp32),
+        implicit = ImplicitSetup(feeder, kind, {s.name: s.shape for s in specs}, tuple(excluded),
                                  f"TRT-{version}-{algorithm}")
     try:
-        with progress.task(f"building TensorRT engine ({job.tensorrt.mode})", None):
-            data, facts = build_serialized(trt, onnx_path, options, _batch_sizes(job), implicit)
+        with progress.task(f"building TensorRT engine ({spec.mode})", None):
+            data, facts = build_serialized(trt, onnx_path, options, batch_sizes, implicit)
     finally:
         if tmp_fp32 is not None:
             tmp_fp32.unlink(missing_ok=True)
@@ -139,7 +137,7 @@ def build_plan(job, stage: Path, model: onnx.ModelProto, ranges: dict, inputs: l
                                            "mode": facts["mode"], "trtq": __version__, "hardware_compatible": False})
     engine = {"path": PLAN, "kind": "tensorrt", **facts, "gpu": gpu, "sha256": meta["sha256"], "bytes": meta["bytes"]}
     if implicit is not None:
-        engine["calibration"] = {"source": job.calibrator.source, "cache_header": implicit.cache_header,
+        engine["calibration"] = {"source": calibrator.source, "cache_header": implicit.cache_header,
                                  "batches": implicit.feeder.batches_served, "dropped_samples": sum(dropped)}
     return engine
 
@@ -168,19 +166,19 @@ def inspect_plan(plan: Path, inputs: list[InputSpec], engine: dict) -> dict:
         return summarize(runner.inspect())
 
 
-def fp32_runner(model: onnx.ModelProto, stage: Path, job):
+def fp32_runner(model: onnx.ModelProto, stage: Path, spec: TensorRTSpec, batch_sizes: list[int]):
     """A strongly typed FP32 engine of the original model (the latency baseline), not kept."""
     from ..trt.builder import build_serialized
     from ..trt.cuda import cuda_runtime
     from ..trt.runner import EngineRunner
 
     trt = require_tensorrt()
-    path = stage / ".model.fp32.onnx"
+    path = stage / FP32_TMP
     onnx.save(model, str(path))
     try:
-        options = _options(job)
+        options = _options(spec)
         options.timing_cache = None
-        data, _ = build_serialized(trt, path, options, _batch_sizes(job))
+        data, _ = build_serialized(trt, path, options, batch_sizes)
     finally:
         path.unlink(missing_ok=True)
     return EngineRunner(trt, data, cuda_runtime())

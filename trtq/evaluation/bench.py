@@ -6,11 +6,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..backends import onnxruntime as ort_backend
-from ..backends import tensorrt as trt_backend
+from ..engine import tensorrt as trt_engine
 from ..errors import ModelError
-from ..evaluate.latency import interleaved, summarize
-from ..model import input_specs, load_model
+from ..model.load import input_specs, load_model
+from ..runtime import onnxruntime as ort_runtime
+from .latency import interleaved, summarize
 
 
 def _inputs(model, batch: int, shapes: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
@@ -33,13 +33,13 @@ def _inputs(model, batch: int, shapes: dict[str, tuple[int, ...]]) -> dict[str, 
 def bench(path: Path, batches: list[int], warmup: int, iterations: int, duration_s: float | None,
           threads: int | None, shapes: dict[str, tuple[int, ...]]) -> dict:
     if path.suffix in (".plan", ".engine", ".trt"):
-        trt_backend.require_tensorrt()
+        trt_engine.require_tensorrt()
         raise ModelError(f"{path}: timing TensorRT engines is not part of this release; use trtexec --loadEngine")
     model = load_model(path)
-    runner = ort_backend.Runner(ort_backend.session(path, threads=threads))
+    runner = ort_runtime.Runner(ort_runtime.session(path, threads=threads))
     out = {}
     for bs in batches:
         feeds = _inputs(model, bs, shapes)
         times = interleaved({"model": lambda: runner(feeds)}, warmup, iterations, duration_s)  # noqa: B023
         out[str(bs)] = summarize(times["model"], bs)
-    return {"model": str(path), "threads": threads, "machine": ort_backend.cpu_info(), "by_batch": out}
+    return {"model": str(path), "threads": threads, "machine": ort_runtime.cpu_info(), "by_batch": out}

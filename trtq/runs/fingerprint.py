@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from importlib import metadata
 from pathlib import Path
 
 from .. import __version__
-from .schema import DataSpec, Job
+from ..artifacts import FINGERPRINT, file_sha256, write_atomic
+from ..job import DataSpec, Job
 
-FILE = "fingerprint.json"
+FILE = FINGERPRINT
 
 
 def versions() -> dict:
@@ -34,15 +34,6 @@ def versions() -> dict:
         except metadata.PackageNotFoundError:
             out[dist] = None
     return out
-
-
-def file_sha256(path: Path) -> str:
-    """SHA-256 of a file, read in 1 MiB chunks (model hashes in reports, stores and fingerprints)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def data_listing(spec: DataSpec) -> list | None:
@@ -121,9 +112,4 @@ def read(folder: Path) -> dict:
 
 
 def write(folder: Path, doc: dict) -> None:
-    tmp = folder / f".{FILE}.{os.getpid()}.tmp"
-    try:
-        tmp.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, folder / FILE)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomic(folder / FILE, json.dumps(doc, indent=2, sort_keys=True) + "\n")

@@ -11,7 +11,7 @@ def sqnr_db(reference: np.ndarray, test: np.ndarray) -> float:
     """Signal-to-quantization-noise ratio ``10·log10(Σref² / Σ(ref-test)²)`` in dB."""
     ref = np.asarray(reference, dtype=np.float64)
     noise = float(np.sum((ref - np.asarray(test, dtype=np.float64)) ** 2))
-    return _ratio_db(float(np.sum(ref**2)), noise)
+    return ratio_db(float(np.sum(ref**2)), noise)
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
@@ -72,7 +72,7 @@ class AccuracyAccumulator:
         Wilson intervals beside them (``top1`` and ``top1_ci95``)."""
         fidelity = {
             "samples": self.n,
-            "sqnr_db": _ratio_db(self.signal, self.noise),
+            "sqnr_db": ratio_db(self.signal, self.noise),
             "cosine_mean": self.cos_sum / self.n if self.n else math.nan,
             "max_abs_error": self.max_abs,
             "mean_abs_error": self.abs_sum / self.values if self.values else math.nan,
@@ -90,7 +90,7 @@ class AccuracyAccumulator:
         return {"fp32": fp32, "int8": int8}
 
 
-def _ratio_db(signal: float, noise: float) -> float:
+def ratio_db(signal: float, noise: float) -> float:
     if noise == 0:
         return math.inf
     if signal == 0:

@@ -143,7 +143,7 @@ def used_names(source: str) -> Usage:
 
 
 def glue_sources() -> dict[str, str]:
-    here = Path(__file__).parent
+    here = Path(__file__).parents[1] / "trtq" / "trt"  # this file lives in tests/; the glue in trtq/trt/
     return {m: (here / f"{m}.py").read_text() for m in GLUE}
 
 

@@ -26,7 +26,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ..model import expose_tensors
+from ..model.load import expose_tensors
 from .onnxruntime import BoundRunner, session
 
 NCHWC = "com.microsoft.nchwc"
@@ -41,6 +41,7 @@ class Exposure:
     optimized: bool = False  # already optimized for this CPU: load it without optimizing again
     outputs: dict[str, str] = field(default_factory=dict)  # tensor -> graph output holding its values
     blocks: dict[str, int] = field(default_factory=dict)  # tensor -> NCHWc block size (absent: NCHW)
+    fallback: str | None = None  # why no tensor is read in NCHWc layout, when none is and it was asked for
 
 
 def expose_plain(model: onnx.ModelProto, tensors: list[str]) -> Exposure:
@@ -54,15 +55,31 @@ def expose(model: onnx.ModelProto, tensors: list[str], channel_axes: dict[str, i
     nothing fits: :func:`expose_plain`). ``channel_axes``: the axis whose per-channel sums are
     collected, per tensor (a tensor whose axis is not 1 stays NCHW)."""
     plain = expose_plain(model, tensors)
-    block = block_size() if native else 0
-    if not block or plain.model.ByteSize() > _MAX_BYTES:
+    if not native:
+        return plain
+    block, why = probe()
+    if not block:
+        plain.fallback = why
+        return plain
+    if plain.model.ByteSize() > _MAX_BYTES:
+        plain.fallback = f"the exposed model is over {_MAX_BYTES >> 30} GB; it is not re-serialized optimized"
         return plain
     try:
         optimized = _optimized(plain.model)
-    except Exception:  # noqa: BLE001 - any failure here only means the ordinary path
+    except Exception as exc:  # noqa: BLE001 - any failure here only means the ordinary path (said in the report)
+        plain.fallback = f"optimizing the exposed model failed ({_first_line(exc)})"
         return plain
     wanted = {t for t in tensors if channel_axes.get(t) in (None, 1)}
-    return _unreorder(optimized, tensors, wanted, block) or plain
+    native_exposure = _unreorder(optimized, tensors, wanted, block)
+    if native_exposure is None:
+        plain.fallback = "no exposed tensor is in ONNX Runtime's NCHWc layout"
+        return plain
+    return native_exposure
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{exc.__class__.__name__}: {text[0][:200]}" if text else exc.__class__.__name__
 
 
 class ExposedRunner:
@@ -120,11 +137,16 @@ def _unreorder(opt: onnx.ModelProto, tensors: list[str], wanted: set[str], block
     return Exposure(opt, optimized=True, outputs=outputs, blocks=blocks)
 
 
-@functools.lru_cache(maxsize=1)
 def block_size() -> int:
-    """ORT's NCHWc block size on this CPU, read from a probe convolution and checked value for
-    value against ORT's own reorder to NCHW; 0 when ORT does not use NCHWc here or the check
-    fails."""
+    """ORT's NCHWc block size on this CPU; 0 when ORT does not use NCHWc here (see :func:`probe`)."""
+    return probe()[0]
+
+
+@functools.lru_cache(maxsize=1)
+def probe() -> tuple[int, str | None]:
+    """(ORT's NCHWc block size on this CPU, None), read from a probe convolution and checked
+    value for value against ORT's own reorder to NCHW; (0, why) when ORT does not use NCHWc
+    here or the check fails."""
     channels, side = 64, 3
     rng = np.random.default_rng(0)
     weight = numpy_helper.from_array(rng.standard_normal((channels, channels, 1, 1)).astype(np.float32), "w")
@@ -140,12 +162,12 @@ def block_size() -> int:
         ref = session(opt, optimize=False).run(["y"], feeds)[0]
         exposure = _unreorder(opt, ["y"], {"y"}, 1)  # any block divides 64: the raw data, whatever the block
         if exposure is None:
-            return 0  # no NCHWc here (or a layout this module does not know)
+            return 0, "ONNX Runtime uses no NCHWc layout on this CPU"  # (or a layout this module does not know)
         raw = ExposedRunner(exposure)(feeds, ["y"])[0]
-    except Exception:  # noqa: BLE001 - no native layout, then
-        return 0
+    except Exception as exc:  # noqa: BLE001 - no native layout, then (said in the report)
+        return 0, f"the NCHWc layout probe failed ({_first_line(exc)})"
     for block in (4, 8, 16, 32, 64):
         blocked = ref.reshape(1, channels // block, block, side * side).transpose(0, 1, 3, 2)
         if raw.shape == ref.shape and np.array_equal(raw.ravel(), blocked.ravel()):
-            return block
-    return 0
+            return block, None
+    return 0, "ONNX Runtime's NCHWc data matched no known block layout"

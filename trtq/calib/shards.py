@@ -12,15 +12,15 @@ from collections.abc import Callable
 
 import onnx
 
-from ..backends import ort_native
-from ..calib.collect import collect, tensor_elements
-from ..calib.stats import TensorStats
 from ..data.sources import batches, open_source, planned_count, prefetch
-from ..model import InputSpec, input_specs
+from ..job import DataSpec
+from ..model.load import InputSpec, input_specs
 from ..progress import Progress
-from .schema import DataSpec, Job
+from ..runtime import ort_native
+from .collect import collect, tensor_elements
+from .stats import TensorStats, merge_all
 
-ShardMap = Callable[[Callable, list[tuple]], list]
+ShardMap = Callable[[Callable, list[tuple]], list]  # (function, argument tuples) → results, in order
 
 
 def local_map(fn: Callable, args: list[tuple]) -> list:
@@ -47,20 +47,30 @@ class _Digests:
         self.items.append(d)
 
 
+def _layout(exposures: list[ort_native.Exposure], native: bool) -> dict:
+    """How the activations were read: how many tensors in ORT's NCHWc layout, and why none were."""
+    blocked = sum(len(e.blocks) for e in exposures)
+    total = sum(len(e.outputs) for e in exposures)
+    fallback = next((e.fallback for e in exposures if e.fallback), None) if native else "native layout turned off"
+    return {"nchwc_tensors": blocked, "nchw_tensors": total - blocked, "fallback": fallback if not blocked else None}
+
+
 def collect_range(model: onnx.ModelProto, groups: list[list[str]], axes: dict[str, int], spec: DataSpec,
                   inputs: list[InputSpec], start: int, count: int | None, digest,
-                  progress: Progress | None = None, native: bool = True) -> tuple[dict[str, TensorStats], int]:
+                  progress: Progress | None = None, native: bool = True) -> tuple[dict[str, TensorStats], int, dict]:
     """Statistics of the samples ``start … start+count-1`` (``count`` None: to the end), one pass
     over them per tensor group; ``digest.update`` gets each sample's digest on the first pass.
-    Returns (statistics, samples). A single-process calibration is one such range. ``native``
-    False reads every tensor in NCHW order (the same statistics, more slowly)."""
+    Returns (statistics, samples, layout). A single-process calibration is one such range.
+    ``native`` False reads every tensor in NCHW order (the same statistics, more slowly)."""
     progress = progress or Progress()
     stats: dict[str, TensorStats] = {}
     samples = 0
+    exposures = []
     for gi, group in enumerate(groups):
         source = open_source(spec, inputs, "calibration")  # a fresh pass over the data
         # exposed in ORT's own NCHWc layout where it can be: no reorder copies
         exposure = ort_native.expose(model, group, axes, native=native)
+        exposures.append(exposure)
         runner = ort_native.ExposedRunner(exposure)
         label = "calibrating" if len(groups) == 1 else f"calibrating (pass {gi + 1}/{len(groups)})"
         seen = [0]
@@ -77,28 +87,28 @@ def collect_range(model: onnx.ModelProto, groups: list[list[str]], axes: dict[st
         stats.update(part)
         samples = samples or seen[0]
         del runner
-    return stats, samples
+    return stats, samples, _layout(exposures, native)
 
 
-def collect_shard(job_json: dict, model_bytes: bytes, groups: list[list[str]], axes: dict[str, int],
+def collect_shard(spec_json: dict, model_bytes: bytes, groups: list[list[str]], axes: dict[str, int],
                   start: int, count: int) -> dict:
-    """One shard's statistics. Runs in any process: everything it needs comes in as plain values."""
-    job = Job.model_validate(job_json)
+    """One shard's statistics. Runs in any process: everything it needs comes in as plain values
+    (``spec_json``: the job's calibration section)."""
+    spec = DataSpec.model_validate(spec_json)
     model = onnx.load_from_string(model_bytes)
     digests = _Digests()
-    stats, _ = collect_range(model, groups, axes, job.calibration, input_specs(model), start, count, digests)
-    return {"stats": stats, "digests": digests.items}
+    stats, _, layout = collect_range(model, groups, axes, spec, input_specs(model), start, count, digests)
+    return {"stats": stats, "digests": digests.items, "layout": layout}
 
 
-def merge_shards(results: list[dict]) -> tuple[dict[str, TensorStats], str, int]:
-    """(merged statistics, data fingerprint, samples) of shard results given in data order."""
-    merged: dict[str, TensorStats] = {}
+def merge_shards(results: list[dict]) -> tuple[dict[str, TensorStats], str, int, dict]:
+    """(merged statistics, data fingerprint, samples, layout) of shard results given in data order."""
     digest = hashlib.sha256()
-    samples = 0
     for r in results:
-        for t, st in r["stats"].items():
-            merged[t] = st if t not in merged else merged[t].merge(st)
         for d in r["digests"]:
             digest.update(d)
-        samples += len(r["digests"])
-    return merged, digest.hexdigest(), samples
+    layouts = [r["layout"] for r in results]
+    layout = {"nchwc_tensors": layouts[0]["nchwc_tensors"], "nchw_tensors": layouts[0]["nchw_tensors"],
+              "fallback": next((x["fallback"] for x in layouts if x["fallback"]), None)}
+    return (merge_all([r["stats"] for r in results]), digest.hexdigest(), sum(len(r["digests"]) for r in results),
+            layout)

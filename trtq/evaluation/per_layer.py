@@ -14,26 +14,20 @@ of a bad one; ranking by ``added_noise`` names the layer where the noise appeare
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable
 
 import numpy as np
 import onnx
 
-from ..model import expose_tensors
-from ..quant.qdq import QuantPlan
+from ..model.load import expose_tensors
+from ..model.plan import QuantPlan
+from .metrics import ratio_db
 
 
 def layer_tensors(model: onnx.ModelProto, plan: QuantPlan) -> list[tuple[str, str, str, str]]:
     """(node, op, input tensor, output tensor) of each quantized layer, in graph order."""
     outputs = {n.name: n.output[0] for n in model.graph.node}
     return [(q.node, q.op_type, q.activation, outputs[q.node]) for q in plan.nodes]
-
-
-def _ratio_db(signal: float, noise: float) -> float:
-    if noise == 0:
-        return math.inf
-    return 10 * math.log10(signal / noise) if signal > 0 else -math.inf
 
 
 def per_layer_errors(fp32_model: onnx.ModelProto, qdq_model: onnx.ModelProto, plan: QuantPlan,
@@ -68,8 +62,8 @@ def per_layer_errors(fp32_model: onnx.ModelProto, qdq_model: onnx.ModelProto, pl
         n_in = noise[x] / signal[x] if signal[x] > 0 else 0.0
         n_out = noise[y] / signal[y] if signal[y] > 0 else 0.0
         rows.append({"node": node, "op": op, "input": x, "output": y,
-                     "input_sqnr_db": _ratio_db(signal[x], noise[x]),
-                     "output_sqnr_db": _ratio_db(signal[y], noise[y]),
+                     "input_sqnr_db": ratio_db(signal[x], noise[x]),
+                     "output_sqnr_db": ratio_db(signal[y], noise[y]),
                      "added_noise": n_out - n_in})
     worst = sorted(rows, key=lambda r: -r["added_noise"])[:10]
     return {"samples": seen, "layers": rows, "worst": [r["node"] for r in worst]}

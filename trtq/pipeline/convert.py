@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from ..artifacts import write_atomic
 from ..calib import cache as trt_cache
-from ..errors import CacheError, OutputError
-from ..model import load_model
-from ..quant.qdq import insert_qdq, name_nodes, plan_quantization
+from ..calib.ranges import Range
+from ..errors import CacheError
+from ..model.load import load_model
+from ..model.prepare import prepare
+from ..quant.qdq import insert_qdq
+
+HINT = "choose another path with -o"
 
 
 def read_cache(path: Path) -> trt_cache.CalibrationCache:
@@ -23,32 +27,18 @@ def read_cache(path: Path) -> trt_cache.CalibrationCache:
     return trt_cache.loads(data, str(path))
 
 
-def _write_atomic(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise OutputError(f"{path}: cannot write ({exc.strerror}); choose another path with -o") from None
-
-
 def cache_to_qdq(model_path: Path, cache_path: Path, out: Path) -> dict:
     """Write the TensorRT-flavour Q/DQ model of ``model_path`` with the ranges of a cache."""
     cache = read_cache(cache_path)
-    model = load_model(model_path)
-    name_nodes(model)
-    plan = plan_quantization(model)
+    prepared = prepare(model_path)
+    plan = prepared.plan
     missing = [t for t in plan.activations if t not in cache.scales]
     if missing:
         raise CacheError(f"{cache_path}: no scale for {len(missing)} of the {len(plan.activations)} tensors "
                          f"{model_path} quantizes (first: {', '.join(missing[:5])}); was the cache made for this model?")
-    ranges = {}
-    for t in plan.activations:
-        amax = cache.scales[t] * 127.0
-        ranges[t] = {"amax": amax, "min": -amax, "max": amax}
-    qdq = insert_qdq(model, plan, ranges, "tensorrt")
-    _write_atomic(out, lambda p: onnx.save(qdq, str(p)))
+    ranges = {t: Range.symmetric(cache.scales[t] * 127.0) for t in plan.activations}
+    qdq = insert_qdq(prepared.model, plan, ranges, "tensorrt")
+    write_atomic(out, lambda p: onnx.save(qdq, str(p)), hint=HINT)
     return {"tensors": len(plan.activations), "unused_cache_entries": len(set(cache.scales) - set(plan.activations))}
 
 
@@ -73,5 +63,5 @@ def qdq_to_cache(qdq_path: Path, out: Path, version: str, algorithm: str) -> dic
     if not scales:
         raise CacheError(f"{qdq_path}: no activation QuantizeLinear found; give a Q/DQ model such as model.int8.onnx")
     text = trt_cache.dumps(trt_cache.CalibrationCache(version, algorithm, dict(sorted(scales.items()))))
-    _write_atomic(out, lambda p: p.write_text(text))
+    write_atomic(out, text, hint=HINT)
     return {"tensors": len(scales)}

@@ -1,0 +1,103 @@
+"""The calibration stage's one entry point: :func:`calibrate` returns a :class:`Calibration` —
+statistics, ranges, per-channel input means and what the report says about them — whether the
+statistics were collected in this process, in shards (here or as Ray tasks), or reused from
+the store of an earlier build.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..data.sources import open_source, planned_count
+from ..errors import JobError
+from ..job import CalibratorSpec, DataSpec
+from ..model.prepare import PreparedModel
+from ..progress import Progress
+from . import shards
+from . import store as stats_store
+from .collect import group_tensors
+from .methods import compute_ranges, describe, make_method
+from .ranges import Range
+from .stats import TensorStats
+
+
+@dataclass
+class Calibration:
+    stats: dict[str, TensorStats]
+    ranges: dict[str, Range]
+    means: dict[str, np.ndarray]  # tensor → per-channel mean of a weighted op's input (bias correction)
+    info: dict  # the report's ``calibration`` section
+
+
+def _collect_sharded(prepared: PreparedModel, spec: DataSpec, groups: list[list[str]], axes: dict,
+                     progress: Progress, shard_map: shards.ShardMap) -> tuple[dict, dict]:
+    count = planned_count(open_source(spec, prepared.inputs, "calibration"), spec.skip, spec.max_samples)
+    if count is None:
+        raise JobError("calibration.shards: sharding needs a data source whose size is known up front (an image "
+                       "folder or .npy/.npz) or calibration.max_samples; set shards: 1 for a loader")
+    parts = shards.bounds(spec.skip, count, spec.shards)
+    t0 = time.perf_counter()
+    spec_json = spec.model_dump(mode="json", by_alias=True)
+    model_bytes = prepared.model.SerializeToString()
+    with progress.task(f"calibrating ({len(parts)} shards)", len(parts)) as advance:
+        results = shard_map(shards.collect_shard, [(spec_json, model_bytes, groups, axes, start, n)
+                                                   for start, n in parts])
+        advance(len(parts))
+    merged, fingerprint, samples, layout = shards.merge_shards(results)
+    return merged, {"samples": samples, "collect_seconds": time.perf_counter() - t0, "passes": len(groups),
+                    "shards": len(parts), "data_fingerprint": fingerprint, "layout": layout}
+
+
+def collect_statistics(prepared: PreparedModel, spec: DataSpec, progress: Progress,
+                       shard_map: shards.ShardMap | None = None) -> tuple[dict[str, TensorStats], dict]:
+    """Run the FP32 model over the calibration data; one pass per tensor group (per shard)."""
+    plan = prepared.plan
+    groups = group_tensors(prepared.model, plan.activations, spec.batch_size, spec.memory_budget_mb << 20)
+    axes = plan.channel_axes()
+    if spec.shards > 1:
+        return _collect_sharded(prepared, spec, groups, axes, progress, shard_map or shards.local_map)
+    digest = hashlib.sha256()
+    t0 = time.perf_counter()
+    stats, samples, layout = shards.collect_range(prepared.model, groups, axes, spec, prepared.inputs, spec.skip,
+                                                  spec.max_samples, digest, progress)
+    return stats, {"samples": samples, "collect_seconds": time.perf_counter() - t0, "passes": len(groups),
+                   "data_fingerprint": digest.hexdigest(), "layout": layout}
+
+
+def calibrate(prepared: PreparedModel, spec: DataSpec, calibrator: CalibratorSpec, progress: Progress | None = None,
+              store_root: Path | None = None, reuse: bool = True,
+              shard_map: shards.ShardMap | None = None) -> Calibration:
+    """Statistics of ``spec``'s data for the plan's activations (from ``store_root``'s store when
+    ``reuse`` and they match; stored there otherwise), then the ranges ``calibrator`` picks."""
+    progress = progress or Progress()
+    source = open_source(spec, prepared.inputs, "calibration")
+    t0 = time.perf_counter()
+    key = None
+    if store_root is not None:
+        key = stats_store.stats_key(prepared.sha256, prepared.plan.activations, spec.model_dump(mode="json"),
+                                    source.files)
+    stored = stats_store.load(store_root, key) if (reuse and key) else None
+    if stored is not None:
+        stats, collected = stored
+        progress.note(f"reusing calibration statistics of {collected['samples']} samples "
+                      f"({stats_store.path(store_root, key)}); --force collects them again")
+    else:
+        stats, collected = collect_statistics(prepared, spec, progress, shard_map)
+        if key:
+            stats_store.save(store_root, key, stats, collected)
+    t1 = time.perf_counter()
+    method = make_method(calibrator)
+    ranges = compute_ranges(stats, method)
+    info = {"method": describe(method), "samples": collected["samples"], "seconds": time.perf_counter() - t0,
+            "ranges_seconds": time.perf_counter() - t1, "collect_seconds": collected["collect_seconds"],
+            "passes": collected["passes"], "shards": collected.get("shards", 1),
+            "reused_statistics": stored is not None,
+            "tensors": len(ranges), "data_fingerprint": collected["data_fingerprint"], "source": source.description,
+            "batch_size": spec.batch_size, "skip": spec.skip, "activation_layout": collected.get("layout")}
+    means = {t: m for t, st in stats.items() if (m := st.channel_mean()) is not None}
+    return Calibration(stats, ranges, means, info)

@@ -1,0 +1,148 @@
+"""What to quantize: the :class:`QuantPlan` of a model — its weighted ops (with each weight's
+output-channel axis), the residual Adds and the pooling inputs that Q/DQ may go on — decided
+from the FP32 graph alone, before any data is seen. Calibration collects the plan's
+activations; both Q/DQ flavours place their pairs from it (:mod:`trtq.quant.qdq`).
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+
+import onnx
+from onnx import helper
+
+from ..errors import JobError
+
+POOLS = ("GlobalAveragePool", "AveragePool")
+WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+def weight_axis(op_type: str, attrs: dict, weight_ndim: int) -> int:
+    """Output-channel axis of a weight: Conv [K,C,R,S] → 0; ConvTranspose [C,K,R,S] → 1;
+    Gemm transB=1 [N,K] → 0, transB=0 [K,N] → 1; MatMul constant B [K,N] → last axis."""
+    if op_type == "Conv":
+        return 0
+    if op_type == "ConvTranspose":
+        return 1
+    if op_type == "Gemm":
+        return 0 if attrs.get("transB", 0) else 1
+    if op_type == "MatMul":
+        return weight_ndim - 1
+    raise ValueError(f"{op_type} has no weight axis rule")
+
+
+@dataclass(frozen=True)
+class QuantNode:
+    node: str
+    op_type: str
+    activation: str
+    weight: str
+    axis: int
+    bias: str | None
+
+
+@dataclass(frozen=True)
+class AddPoint:
+    """A residual Add of two activations: ``main`` comes from the later producer (the branch's
+    last layer), ``skip`` is the shortcut."""
+
+    node: str
+    main: str
+    skip: str
+
+
+@dataclass
+class QuantPlan:
+    nodes: list[QuantNode]
+    excluded: list[tuple[str, str]] = field(default_factory=list)  # (node, reason): weighted ops kept out of INT8
+    adds: list[AddPoint] = field(default_factory=list)
+    pools: list[tuple[str, str]] = field(default_factory=list)  # (AveragePool/GlobalAveragePool node, input)
+
+    @property
+    def activations(self) -> list[str]:
+        """Every tensor either flavour quantizes, in graph order (what calibration collects)."""
+        seen: dict[str, None] = {}
+        for q in self.nodes:
+            seen.setdefault(q.activation, None)
+        for a in self.adds:
+            seen.setdefault(a.skip, None)
+            seen.setdefault(a.main, None)
+        for _, t in self.pools:
+            seen.setdefault(t, None)
+        return list(seen)
+
+    def channel_axes(self) -> dict[str, int]:
+        """Axis of each weighted op's input that its weights reduce over (for bias correction)."""
+        return {q.activation: (-1 if q.op_type == "MatMul" else 1) for q in self.nodes}
+
+
+def name_nodes(model: onnx.ModelProto) -> None:
+    """Give unnamed nodes stable names (``<op>_<index>``) so jobs and reports can refer to them."""
+    used = {n.name for n in model.graph.node if n.name}
+    for i, node in enumerate(model.graph.node):
+        if not node.name:
+            name = f"{node.op_type}_{i}"
+            while name in used:
+                name += "_"
+            node.name = name
+            used.add(name)
+
+
+def plan_quantization(model: onnx.ModelProto, exclude_ops=(), exclude_nodes=()) -> QuantPlan:
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    names = [n.name for n in graph.node]
+    for bad in exclude_nodes:
+        if bad not in names:
+            close = difflib.get_close_matches(bad, names, n=1)
+            hint = f"did you mean '{close[0]}'?" if close else "node names are listed by 'trtq inspect MODEL'"
+            raise JobError(f"quantization.exclude_nodes: no node named '{bad}' in the model; {hint}")
+    plan = QuantPlan([])
+    for node in graph.node:
+        if node.op_type not in WEIGHTED_OPS:
+            continue
+        if node.op_type in exclude_ops or node.name in exclude_nodes:
+            plan.excluded.append((node.name, "excluded by the job"))
+            continue
+        if len(node.input) < 2 or node.input[1] not in inits or node.input[0] in inits:
+            plan.excluded.append((node.name, "weight is not a constant initializer"))
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if node.op_type == "Gemm" and attrs.get("transA", 0):
+            plan.excluded.append((node.name, "Gemm with transA=1"))
+            continue
+        w = inits[node.input[1]]
+        if w.data_type != onnx.TensorProto.FLOAT or (node.op_type == "MatMul" and len(w.dims) != 2):
+            plan.excluded.append((node.name, "weight is not a float32 matrix/kernel"))
+            continue
+        bias = node.input[2] if len(node.input) > 2 and node.input[2] in inits else None
+        plan.nodes.append(QuantNode(node.name, node.op_type, node.input[0], node.input[1],
+                                    weight_axis(node.op_type, attrs, len(w.dims)), bias))
+    if "Add" not in exclude_ops:
+        plan.adds = _residual_adds(model, inits, exclude_nodes)
+    plan.pools = [(n.name, n.input[0]) for n in graph.node
+                  if n.op_type in POOLS and n.op_type not in exclude_ops and n.name not in exclude_nodes
+                  and n.input[0] not in inits]
+    return plan
+
+
+def _residual_adds(model: onnx.ModelProto, inits: dict, exclude_nodes) -> list[AddPoint]:
+    order = {}
+    producer = {}
+    for i, node in enumerate(model.graph.node):
+        for o in node.output:
+            order[o], producer[o] = i, node
+    graph_inputs = {i.name for i in model.graph.input}
+    points = []
+    for node in model.graph.node:
+        if node.op_type != "Add" or node.name in exclude_nodes or len(node.input) != 2:
+            continue
+        a, b = node.input
+        if a in inits or b in inits or a == b or not all(t in order or t in graph_inputs for t in (a, b)):
+            continue  # a bias-like constant add, or not two distinct activations
+        main, skip = (a, b) if order.get(a, -1) >= order.get(b, -1) else (b, a)
+        if producer.get(main) is None or producer[main].op_type not in WEIGHTED_OPS:
+            continue  # only residual adds closing a weighted branch
+        points.append(AddPoint(node.name, main, skip))
+    return points

@@ -1,0 +1,58 @@
+"""What differs between the two Q/DQ flavours, in one place: a :class:`Policy` each.
+
+* ``tensorrt`` — symmetric int8 activations (zero point 0), int8 weights, FP32 bias; on a
+  residual Add only the skip input is quantized (TensorRT fuses Conv+Add, and Q/DQ between
+  them would break that).
+* ``onnxruntime`` — affine uint8 activations (scale and zero point from the calibrated
+  [min, max]), int8 weights, int32 bias, both inputs of a residual Add quantized: the forms
+  ONNX Runtime's CPU kernels fuse into QLinearConv / QLinearAdd.
+
+Pooling inputs are quantized in both.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import onnx
+
+from ..calib.ranges import Range
+from ..model.plan import QuantPlan
+
+Flavor = Literal["tensorrt", "onnxruntime"]
+
+
+@dataclass(frozen=True)
+class Policy:
+    name: str
+    symmetric: bool  # int8 activations, zero point 0 (else uint8 affine)
+    quantize_add_main: bool  # Q/DQ on a residual Add's branch input too, not only on its skip input
+    int32_bias: bool  # bias stored int32 behind a DQ at scale s_x · s_w (else kept FP32)
+
+    def activation_qparams(self, rng: Range) -> tuple[float, int, int]:
+        """(scale, zero point, ONNX dtype) of an activation."""
+        if self.symmetric:
+            return rng.scale, 0, onnx.TensorProto.INT8
+        lo, hi = min(rng.min, 0.0), max(rng.max, 0.0)
+        if hi - lo <= 0:
+            return 1.0 / 255.0, 0, onnx.TensorProto.UINT8
+        scale = (hi - lo) / 255.0
+        zp = int(np.clip(round(-lo / scale), 0, 255))
+        return scale, zp, onnx.TensorProto.UINT8
+
+    def add_inputs(self, plan: QuantPlan) -> dict[str, set[str]]:
+        """Node → the inputs (other than a weighted op's) that get a Q/DQ pair: residual Adds and pooling."""
+        out = {a.node: ({a.skip, a.main} if self.quantize_add_main else {a.skip}) for a in plan.adds}
+        out.update({node: {t} for node, t in plan.pools})
+        return out
+
+
+TENSORRT = Policy("tensorrt", symmetric=True, quantize_add_main=False, int32_bias=False)
+ONNXRUNTIME = Policy("onnxruntime", symmetric=False, quantize_add_main=True, int32_bias=True)
+POLICIES = {p.name: p for p in (TENSORRT, ONNXRUNTIME)}
+
+
+def policy(flavor: Flavor | Policy) -> Policy:
+    return flavor if isinstance(flavor, Policy) else POLICIES[flavor]

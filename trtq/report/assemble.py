@@ -1,0 +1,66 @@
+"""``report.json``'s document, assembled from the values each stage returned (schema:
+docs/report-schema.md), and the evaluation's plots beside it."""
+
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from .. import __version__
+from ..artifacts import (CACHE, LATENCY_PNG, MEANS, PER_LAYER_PNG, PLAN_META, QDQ_MODEL, RANGES, REPORT_JSON,
+                         REPORT_MD, TRT_CACHE)
+from ..job import Job
+from ..model.prepare import PreparedModel
+from . import plots
+
+SCHEMA_VERSION = 1
+
+
+def engine_files(engine: dict) -> list[str]:
+    """The files an engine section stands for, in the order the report lists them."""
+    if not engine:
+        return []
+    files = [engine["path"]]
+    if engine.get("kind") == "tensorrt":
+        files.append(PLAN_META)
+        if engine.get("calibration", {}).get("source") == "tensorrt":
+            files.append(TRT_CACHE)
+    return files
+
+
+def build_report(job: Job, prepared: PreparedModel, calibration: dict, quantization: dict, engine: dict,
+                 machine: dict) -> dict:
+    """The report of one build before its evaluation (see :func:`add_evaluation`)."""
+    inputs = [{"name": i.name, "shape": list(i.shape), "dtype": str(i.dtype)} for i in prepared.inputs]
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "job": job.model_dump(mode="json", by_alias=True),
+        "versions": {"trtq": __version__, "onnxruntime": machine["onnxruntime"], "onnx": onnx.__version__,
+                     "numpy": np.__version__, "python": platform.python_version()},
+        "machine": machine,
+        "threads": job.evaluation.latency.threads if job.evaluation else None,
+        "model": {"path": str(job.model), "sha256": prepared.sha256, "inputs": inputs, "outputs": prepared.outputs},
+        "calibration": calibration,
+        "quantization": quantization,
+        "engine": engine,
+        "artifacts": [QDQ_MODEL, CACHE, RANGES] + ([MEANS] if quantization["bias_correction"] else [])
+                     + engine_files(engine) + [REPORT_JSON, REPORT_MD],
+    }
+
+
+def add_evaluation(report: dict, sections: dict, latency_ms: dict, folder: Path) -> None:
+    """Put an evaluation's sections into ``report`` (replacing an earlier evaluation's) and write
+    its plots into ``folder``."""
+    for key in ("per_layer", "custom_metric", "gpu_compute"):
+        report.pop(key, None)
+    report.update(sections)
+    names = [LATENCY_PNG]
+    plots.latency_plot(latency_ms, folder / LATENCY_PNG)
+    if "per_layer" in sections:
+        plots.per_layer_plot(sections["per_layer"], folder / PER_LAYER_PNG)
+        names.append(PER_LAYER_PNG)
+    report["plots"] = names
+    report["artifacts"] = list(dict.fromkeys(report["artifacts"] + names))
