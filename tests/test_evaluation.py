@@ -42,7 +42,7 @@ def test_a_deliberately_clipped_layer_is_named_first(flavor, tensor, layer):
     r = ranges[tensor]
     clipped[tensor] = Range(r.amax / 20, r.min / 20, r.max / 20)
     qdq = insert_qdq(model, plan, clipped, flavor)
-    result = per_layer_errors(model, qdq, plan, batches, 16, _runner)
+    result = per_layer_errors(model, qdq, plan, lambda: batches, 16, _runner)
     assert result["samples"] == 16
     assert result["worst"][0] == layer, result["layers"]
     assert [r["node"] for r in result["layers"]] == ["conv", "convt", "fc1", "fc2", "mm"]  # graph order
@@ -52,7 +52,7 @@ def test_a_deliberately_clipped_layer_is_named_first(flavor, tensor, layer):
 
 def test_unclipped_layers_keep_high_sqnr():
     model, plan, batches, ranges = _setup()
-    result = per_layer_errors(model, insert_qdq(model, plan, ranges, "tensorrt"), plan, batches, 32, _runner)
+    result = per_layer_errors(model, insert_qdq(model, plan, ranges, "tensorrt"), plan, lambda: batches, 32, _runner)
     assert all(r["output_sqnr_db"] > 25 for r in result["layers"])
     assert result["layers"][0]["input_sqnr_db"] == float("inf")  # the graph input is exact
 

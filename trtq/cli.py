@@ -126,6 +126,8 @@ def _cmd_inspect(args) -> int:
     out.print(table)
     for node, why in plan.excluded:
         out.print(f"not quantized: {node} ({why})")
+    for node, count in plan.in_subgraphs.items():
+        out.print(f"not quantized: {count} weighted op(s) inside the subgraphs of {node} (control flow)")
     return 0
 
 

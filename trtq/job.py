@@ -50,7 +50,8 @@ class DataSpec(_Strict):
     path: Path | None = None
     loader: str | None = Field(None, description="'module:function' or 'file.py:function' yielding batches")
     input: str | None = Field(None, description="model input fed by a single-array source (default: the only input)")
-    labels: Path | None = Field(None, description="labels CSV (file,class_index); default: <path>/labels.csv")
+    labels: Literal["none"] | Path | None = Field(None, description="labels CSV (file,class_index); default: "
+                                                  "<path>/labels.csv if present; 'none': no labels")
     preprocess: Preprocess = Preprocess()
     batch_size: int = Field(8, ge=1)
     skip: int = Field(0, ge=0, description="samples to skip at the start")
@@ -161,12 +162,22 @@ class EvaluationSpec(DataSpec):
     per_layer_samples: int = Field(32, ge=0, description="samples for the per-layer error analysis; 0 skips it")
 
 
+class InputOptions(_Strict):
+    """How one model input is fed (``inputs: {name: {...}}``)."""
+
+    batch_axis: int | None | Literal["auto"] = Field("auto", description="the input's batch axis; null: none, the "
+                                                     "input is fed as it is (default: inferred, see model/inputs.py)")
+    value: Any = Field(None, description="a constant fed for every sample (e.g. sr: 16000); the data then need not "
+                       "hold this input")
+
+
 class Job(_Strict):
     """One build job, validated: each stage takes the sections it needs."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     model: Path
     input_shapes: dict[str, tuple[int, ...]] | None = None
+    inputs: dict[str, InputOptions] = Field(default_factory=dict)
     calibration: DataSpec
     calibrator: CalibratorSpec = CalibratorSpec()
     quantization: QuantizationSpec = QuantizationSpec()
@@ -191,7 +202,7 @@ PATH_KEYS = {
 
 
 def _resolve(value: Any, base: Path) -> Any:
-    if isinstance(value, str) and value and not Path(value).is_absolute():
+    if isinstance(value, str) and value and value != "none" and not Path(value).is_absolute():
         return str((base / value).resolve())
     return value
 

@@ -79,8 +79,10 @@ def calibrate(prepared: PreparedModel, spec: DataSpec, calibrator: CalibratorSpe
     t0 = time.perf_counter()
     key = None
     if store_root is not None:
+        feeding = [[i.name, list(i.shape), str(i.dtype), i.batch_axis,
+                     None if i.constant is None else i.constant.tolist()] for i in prepared.inputs]
         key = stats_store.stats_key(prepared.sha256, prepared.plan.activations, spec.model_dump(mode="json"),
-                                    source.files)
+                                    source.files, feeding)
     stored = stats_store.load(store_root, key) if (reuse and key) else None
     if stored is not None:
         stats, collected = stored

@@ -9,6 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import onnx
 
+from ..errors import DataError
+from ..runtime.onnxruntime import RunError
 from .stats import TensorStats
 
 Runner = Callable[[dict[str, np.ndarray], list[str]], list[np.ndarray]]
@@ -85,7 +87,10 @@ def collect(run: Runner, tensors: list[str], batches: Iterable, on_batch: Callab
     try:
         for batch in batches:
             to_run = [t for t in tensors if t not in batch.feeds]
-            values = dict(zip(to_run, run(batch.feeds, to_run))) if to_run else {}
+            try:
+                values = dict(zip(to_run, run(batch.feeds, to_run))) if to_run else {}
+            except RunError as exc:
+                raise DataError(f"calibration: {batch.describe()}: {exc}") from None
             values.update({t: batch.feeds[t] for t in tensors if t in batch.feeds})
             if pool is None:
                 for share in shares:

@@ -81,7 +81,8 @@ def collect_range(model: onnx.ModelProto, groups: list[list[str]], axes: dict[st
 
             part = {t: TensorStats(axes.get(t)) for t in group}
             collect(runner, group, prefetch(batches(source, inputs, spec.batch_size, "calibration", start, count,
-                                                    digest if gi == 0 else None)),
+                                                    digest if gi == 0 else None,
+                                                    note=progress.note if gi == 0 else None)),
                     on_batch=counted, stats=part, stride=spec.histogram_stride, sizes=tensor_elements(model, group),
                     blocks=exposure.blocks)
         stats.update(part)

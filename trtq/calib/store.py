@@ -19,11 +19,15 @@ import numpy as np
 from ..artifacts import STATS_FOLDER, write_atomic
 from .stats import TensorStats
 
-STATS_VERSION = 3  # 2: per-channel sums for bias correction; 3: data fingerprint over per-sample digests
+STATS_VERSION = 4  # 2: per-channel sums for bias correction; 3: data fingerprint over per-sample digests;
+# 4: the key covers how inputs are fed
 FOLDER = STATS_FOLDER
 
 
-def stats_key(model_sha: str, tensors: list[str], spec_dump: dict, files: list[Path]) -> str | None:
+def stats_key(model_sha: str, tensors: list[str], spec_dump: dict, files: list[Path],
+              inputs: list | None = None) -> str | None:
+    """``inputs``: how the model's inputs are fed (shapes after ``input_shapes``, batch axes,
+    constants) — they change the collected values as much as the data does."""
     if spec_dump.get("loader"):
         return None
     h = hashlib.sha256()
@@ -33,7 +37,7 @@ def stats_key(model_sha: str, tensors: list[str], spec_dump: dict, files: list[P
         st = f.stat()
         listing.append([f.name, st.st_size, st.st_mtime_ns])
     h.update(json.dumps({"v": STATS_VERSION, "model": model_sha, "tensors": sorted(tensors), "data": spec,
-                         "files": listing}, sort_keys=True, default=str).encode())
+                         "files": listing, "inputs": inputs}, sort_keys=True, default=str).encode())
     return h.hexdigest()[:32]
 
 

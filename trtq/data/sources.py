@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import itertools
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,6 +43,10 @@ class Batch:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def describe(self) -> str:
+        """The samples of the batch, for messages: 'sample a.png' or 'samples a.png … h.png'."""
+        return f"sample {self.ids[0]}" if len(self.ids) == 1 else f"samples {self.ids[0]} … {self.ids[-1]}"
+
 
 @dataclass
 class Source:
@@ -59,7 +63,7 @@ class Source:
 
 
 def _single_input(spec: DataSpec, inputs: list[InputSpec], section: str) -> str:
-    names = [i.name for i in inputs]
+    names = [i.name for i in inputs if i.constant is None]  # inputs the job gives a value are not data
     if spec.input is not None:
         if spec.input not in names:
             raise DataError(f"{section}.input: '{spec.input}' is not a model input; inputs: {', '.join(names)}")
@@ -86,8 +90,11 @@ def _image_source(spec: DataSpec, inputs: list[InputSpec], section: str) -> Sour
     folder = spec.path
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS and p.is_file())
     name = _single_input(spec, inputs, section)
-    labels_path = spec.labels or (folder / "labels.csv")
-    labels = _read_labels(labels_path, section) if (spec.labels or labels_path.is_file()) else None
+    if spec.labels == "none":
+        labels_path, labels = None, None
+    else:
+        labels_path = spec.labels or (folder / "labels.csv")
+        labels = _read_labels(labels_path, section) if (spec.labels or labels_path.is_file()) else None
     if labels is not None:
         missing = [p.name for p in files if p.name not in labels]
         if missing:
@@ -117,7 +124,7 @@ def _array_samples(path: Path, spec: DataSpec, inputs: list[InputSpec], section:
                 arrays = {_single_input(spec, inputs, section): npz[data_keys[0]]}
             else:
                 raise DataError(f"{path}: arrays {', '.join(data_keys)} match no model input ({', '.join(sorted(names))}); name them after the inputs")
-            labels = npz[label_key] if label_key else None
+            labels = npz[label_key] if label_key and spec.labels != "none" else None  # labels: none ignores them
     except (ValueError, OSError) as exc:
         raise DataError(f"{path}: cannot read array file ({exc}); give a .npy or .npz written by numpy") from None
     lengths = {k: a.shape[0] if a.ndim else 0 for k, a in arrays.items()}
@@ -189,8 +196,9 @@ def open_source(spec: DataSpec, inputs: list[InputSpec], section: str) -> Source
 def _check_sample(sample: Sample, inputs: list[InputSpec], section: str) -> dict[str, np.ndarray]:
     expected = {i.name: i for i in inputs}
     got = set(sample.feeds)
-    if got != set(expected):
-        missing, extra = sorted(set(expected) - got), sorted(got - set(expected))
+    required = {i.name for i in inputs if i.constant is None}
+    if not required <= got <= set(expected):
+        missing, extra = sorted(required - got), sorted(got - set(expected))
         detail = (f"missing {', '.join(missing)}" if missing else "") + ("; " if missing and extra else "") + \
                  (f"unknown {', '.join(extra)}" if extra else "")
         raise DataError(f"{section}: sample {sample.id}: input names don't match the model ({detail}); model inputs: {', '.join(expected)}")
@@ -212,6 +220,29 @@ def _check_sample(sample: Sample, inputs: list[InputSpec], section: str) -> dict
     return out
 
 
+def stack_samples(samples: list[dict[str, np.ndarray]], ids: list[str], inputs: list[InputSpec],
+                  section: str) -> dict[str, np.ndarray]:
+    """One batch: each input's samples stacked on its batch axis; an input without one fed as the
+    samples hold it (all equal); the job's constant inputs repeated."""
+    feeds = {}
+    for spec in inputs:
+        values = [s.get(spec.name, spec.constant) for s in samples]
+        if spec.batch_axis is None:
+            if any(v.shape != values[0].shape or not np.array_equal(v, values[0]) for v in values[1:]):
+                raise DataError(f"{section}: input '{spec.name}' has no batch axis, but samples {ids[0]} and "
+                                f"{ids[-1]} of one batch give it different values; set {section}.batch_size: 1, "
+                                f"or inputs.{spec.name}.batch_axis")
+            feeds[spec.name] = values[0]
+            continue
+        shapes = {v.shape for v in values}
+        if len(shapes) > 1:
+            raise DataError(f"{section}: samples {ids[0]} … {ids[-1]} of one batch give '{spec.name}' different "
+                            f"shapes ({' and '.join('x'.join(map(str, s)) for s in sorted(shapes)[:2])}); "
+                            f"batch same-sized samples, resize them to one size, or set {section}.batch_size: 1")
+        feeds[spec.name] = np.stack(values, axis=spec.batch_axis)
+    return feeds
+
+
 def sample_digest(feeds: dict[str, np.ndarray]) -> bytes:
     h = hashlib.sha256()
     for k in sorted(feeds):
@@ -220,9 +251,18 @@ def sample_digest(feeds: dict[str, np.ndarray]) -> bytes:
     return h.digest()
 
 
+MAX_PENDING_SHAPES = 16  # sample shapes waiting for a full batch at once; past it the oldest is flushed short
+
+
 def batches(source: Source, inputs: list[InputSpec], batch_size: int, section: str,
-            skip: int = 0, max_samples: int | None = None, digest: "hashlib._Hash | None" = None) -> Iterator[Batch]:
-    """Check samples and stack them into batches of ``batch_size`` (the last one may be short).
+            skip: int = 0, max_samples: int | None = None, digest: "hashlib._Hash | None" = None,
+            note: Callable[[str], None] | None = None) -> Iterator[Batch]:
+    """Check samples and stack them into batches of ``batch_size``.
+
+    Samples of different shapes (images of several sizes under a dynamic height/width) go into
+    separate batches: each batch holds samples of one shape, in their order, and a shape's
+    short remainder comes at the end. A model with a fixed batch size cannot run a short batch:
+    its remainder is left out and ``note`` says how many samples that was.
 
     ``digest``, when given, is updated with every sample's SHA-256 (:func:`sample_digest`) in
     order, so the data fingerprint depends neither on the batch size nor on how the samples
@@ -230,28 +270,46 @@ def batches(source: Source, inputs: list[InputSpec], batch_size: int, section: s
     """
     stop = None if max_samples is None else skip + max_samples
     selected = itertools.islice(source, skip, stop)
-    buf: list[tuple[str, dict[str, np.ndarray], int | None]] = []
-    yielded = 0
+    fixed = next((i.fixed_batch for i in inputs if i.fixed_batch is not None), None)
+    pending: dict[tuple, list[tuple[str, dict[str, np.ndarray], int | None]]] = {}
+    counts = {"yielded": 0, "dropped": 0}
 
-    def flush():
-        feeds = {k: np.stack([b[1][k] for b in buf]) for k in buf[0][1]}
+    def flush(buf) -> Batch | None:
+        if fixed is not None and len(buf) != fixed:
+            counts["dropped"] += len(buf)
+            return None
+        feeds = stack_samples([b[1] for b in buf], [b[0] for b in buf], inputs, section)
         have = all(b[2] is not None for b in buf)
         labels = np.array([b[2] for b in buf], dtype=np.int64) if have else None
+        counts["yielded"] += len(buf)
         return Batch(feeds, labels, [b[0] for b in buf])
 
     for sample in selected:
         feeds = _check_sample(sample, inputs, section)
         if digest is not None:
             digest.update(sample_digest(feeds))
+        key = tuple(sorted((k, v.shape) for k, v in feeds.items()))
+        if key not in pending and len(pending) >= MAX_PENDING_SHAPES:
+            out = flush(pending.pop(next(iter(pending))))
+            if out is not None:
+                yield out
+        buf = pending.setdefault(key, [])
         buf.append((sample.id, feeds, sample.label))
         if len(buf) == batch_size:
-            yield flush()
-            yielded += len(buf)
-            buf = []
-    if buf:
-        yield flush()
-        yielded += len(buf)
-    if yielded == 0:
+            out = flush(pending.pop(key))
+            if out is not None:
+                yield out
+    for buf in pending.values():
+        out = flush(buf)
+        if out is not None:
+            yield out
+    if counts["dropped"] and note is not None:
+        note(f"{section}: {counts['dropped']} sample(s) left out: the model's batch size is fixed to {fixed} and "
+             "they do not fill a batch")
+    if counts["yielded"] == 0:
+        if counts["dropped"]:
+            raise DataError(f"{section}: {counts['dropped']} sample(s), fewer than the model's fixed batch of "
+                            f"{fixed}; give at least {fixed} samples")
         raise DataError(f"{section}: no samples left after skip={skip}; the data source is empty")
 
 

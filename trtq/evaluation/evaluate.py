@@ -13,23 +13,30 @@ import numpy as np
 import onnx
 
 from ..data.sources import batches, open_source, planned_count, prefetch
-from ..errors import JobError
+from ..errors import DataError, JobError
 from ..job import EvaluationSpec, TensorRTSpec
 from ..model.prepare import PreparedModel
 from ..plugins import import_callable
 from ..progress import Progress
 from ..runtime import onnxruntime as ort_runtime
+from ..runtime.onnxruntime import RunError
 from .latency import interleaved, summarize
 from .metrics import AccuracyAccumulator
 from .per_layer import per_layer_errors
 
 
-def _latency_feeds(first: dict[str, np.ndarray], batch_size: int) -> dict[str, np.ndarray]:
-    """A batch of ``batch_size`` built from real evaluation samples (repeated if too few)."""
+def _latency_feeds(first: dict[str, np.ndarray], batch_size: int, inputs) -> dict[str, np.ndarray]:
+    """A batch of ``batch_size`` built from real evaluation samples (repeated if too few), on each
+    input's batch axis; an input without one is fed as it is."""
     out = {}
+    axes = {i.name: i.batch_axis for i in inputs}
     for k, v in first.items():
-        reps = -(-batch_size // len(v))
-        out[k] = np.ascontiguousarray(np.concatenate([v] * reps)[:batch_size])
+        axis = axes.get(k, 0)
+        if axis is None:
+            out[k] = v
+            continue
+        reps = -(-batch_size // v.shape[axis])
+        out[k] = np.ascontiguousarray(np.take(np.concatenate([v] * reps, axis=axis), range(batch_size), axis=axis))
     return out
 
 
@@ -63,7 +70,7 @@ def evaluate(prepared: PreparedModel, spec: EvaluationSpec, qdq_model: onnx.Mode
     raw: dict = {}
     with progress.task("measuring latency", len(lspec.batch_sizes)) as advance:
         for bs in lspec.batch_sizes:
-            times = timer(_latency_feeds(first, bs))
+            times = timer(_latency_feeds(first, bs, prepared.inputs))
             raw[str(bs)] = times
             for side in ("fp32", "int8"):
                 lat[side][str(bs)] = summarize(times[side], bs)
@@ -95,10 +102,16 @@ def _accuracy(prepared: PreparedModel, spec: EvaluationSpec, fp32, int8,
     first: dict[str, np.ndarray] | None = None
     src = open_source(spec, inputs, "evaluation")
     with progress.task("evaluating accuracy", planned_count(src, spec.skip, spec.max_samples)) as advance:
-        for batch in prefetch(batches(src, inputs, spec.batch_size, "evaluation", spec.skip, spec.max_samples)):
+        for batch in prefetch(batches(src, inputs, spec.batch_size, "evaluation", spec.skip, spec.max_samples,
+                                      note=progress.note)):
             if first is None:
                 first = batch.feeds
-            a, b = fp32(batch.feeds, names), int8(batch.feeds, names)
+            try:
+                a, b = fp32(batch.feeds, names), int8(batch.feeds, names)
+            except RunError as exc:
+                raise DataError(f"evaluation: {batch.describe()}: {exc}") from None
+            if batch.labels is not None:
+                _check_labels(batch, a[0], names[0], src.description)
             for i, n in enumerate(names):
                 accs[n].update(a[i], b[i], batch.labels if i == 0 else None)
             if metric is not None:
@@ -114,16 +127,29 @@ def _accuracy(prepared: PreparedModel, spec: EvaluationSpec, fp32, int8,
     return accuracy, first
 
 
+def _check_labels(batch, output: np.ndarray, name: str, source: str) -> None:
+    classes = int(np.prod(output.shape[1:])) if output.ndim > 1 else 1
+    bad = batch.labels[(batch.labels < 0) | (batch.labels >= classes)]
+    if bad.size:
+        raise DataError(f"evaluation.labels: {batch.describe()} of {source} have class_index {int(bad[0])}, but the "
+                        f"model's output '{name}' has {classes} classes; these labels are for another model — "
+                        "give evaluation.labels, or labels: none")
+
+
 def _per_layer(prepared: PreparedModel, spec: EvaluationSpec, qdq_model: onnx.ModelProto, progress: Progress) -> dict:
     threads = spec.latency.threads
-    src = open_source(spec, prepared.inputs, "evaluation")
-    planned = planned_count(src, spec.skip, spec.max_samples) or spec.per_layer_samples
-    with progress.task("per-layer error", min(spec.per_layer_samples, planned)) as advance:
+    planned = planned_count(open_source(spec, prepared.inputs, "evaluation"), spec.skip, spec.max_samples)
+    count = min(spec.per_layer_samples, planned or spec.per_layer_samples)
+
+    def make_batches():
+        src = open_source(spec, prepared.inputs, "evaluation")
+        return batches(src, prepared.inputs, min(spec.batch_size, count), "evaluation", spec.skip, count)
+
+    with progress.task("per-layer error", count) as advance:
         per_layer = per_layer_errors(
-            prepared.model, qdq_model, prepared.plan,
-            batches(src, prepared.inputs, spec.batch_size, "evaluation", spec.skip, spec.max_samples),
-            spec.per_layer_samples,
-            lambda m, optimize: ort_runtime.Runner(ort_runtime.session(m, threads=threads, optimize=optimize)))
+            prepared.model, qdq_model, prepared.plan, make_batches, spec.per_layer_samples,
+            lambda m, optimize: ort_runtime.Runner(ort_runtime.session(m, threads=threads, optimize=optimize)),
+            prepared.inputs, spec.memory_budget_mb << 20)
         advance(per_layer["samples"])
     return per_layer
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +11,7 @@ from google.protobuf.message import DecodeError
 from onnx import helper, shape_inference, version_converter
 
 from ..errors import ModelError
+from .inputs import infer_batch_axes
 
 MIN_OPSET = 13  # per-channel QuantizeLinear/DequantizeLinear (axis) need opset 13
 
@@ -20,17 +21,24 @@ class InputSpec:
     name: str
     shape: tuple[int | None, ...]  # None for a dynamic dimension
     dtype: np.dtype
+    batch_axis: int | None = 0  # None: no batch axis, the input is fed as it is (see model/inputs.py)
+    constant: np.ndarray | None = field(default=None, compare=False)  # one sample's value, fed for every sample
 
     @property
     def fixed_batch(self) -> int | None:
-        return self.shape[0] if self.shape else None
+        return self.shape[self.batch_axis] if self.batch_axis is not None else None
 
     def sample_shape(self) -> tuple[int | None, ...]:
-        return self.shape[1:]
+        """The shape of one sample: the input's shape without its batch axis."""
+        if self.batch_axis is None:
+            return self.shape
+        return self.shape[:self.batch_axis] + self.shape[self.batch_axis + 1:]
 
 
-def load_model(path: Path, input_shapes: dict[str, tuple[int, ...]] | None = None) -> onnx.ModelProto:
-    """Load, check and prepare a model; errors name the file and what to do."""
+def load_model(path: Path, input_shapes: dict[str, tuple[int, ...]] | None = None,
+               batch_axes: dict[str, int | None | str] | None = None) -> onnx.ModelProto:
+    """Load, check and prepare a model; errors name the file and what to do. ``batch_axes``:
+    the job's ``inputs.<name>.batch_axis`` (the batch axis stays dynamic under ``input_shapes``)."""
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"{path}: model file not found; check 'model:' in the job (or --set model=PATH)")
@@ -48,7 +56,7 @@ def load_model(path: Path, input_shapes: dict[str, tuple[int, ...]] | None = Non
     model = _upgrade_opset(model, path)
     _constant_nodes_to_initializers(model)
     if input_shapes:
-        _set_input_shapes(model, input_shapes, path)
+        _set_input_shapes(model, input_shapes, path, infer_batch_axes(graph_inputs(model), batch_axes))
     try:
         model = shape_inference.infer_shapes(model)
     except Exception as exc:  # noqa: BLE001 - shape inference raises many types
@@ -90,7 +98,8 @@ def _constant_nodes_to_initializers(model: onnx.ModelProto) -> None:
         graph.node.extend(keep)
 
 
-def _set_input_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], path: Path) -> None:
+def _set_input_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], path: Path,
+                      axes: dict[str, int | None]) -> None:
     by_name = {i.name: i for i in graph_inputs(model)}
     for name, shape in shapes.items():
         if name not in by_name:
@@ -99,10 +108,12 @@ def _set_input_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]
         if len(dims) != len(shape):
             raise ModelError(f"{path}: input_shapes.{name} has {len(shape)} dims, the model input has {len(dims)}")
         for axis, (d, v) in enumerate(zip(dims, shape)):
-            if d.HasField("dim_value"):
+            if d.HasField("dim_value") and d.dim_value > 0:  # 0 and -1 are dynamic, as a symbol is
                 if d.dim_value != v:
-                    raise ModelError(f"{path}: input_shapes.{name}: dimension {axis} is fixed to {d.dim_value} in the model, {v} given")
-            elif axis > 0:  # the batch dimension stays dynamic: the batch size comes from the job
+                    raise ModelError(f"{path}: input_shapes.{name}: dimension {axis} is fixed to {d.dim_value} "
+                                     f"in the model, {v} given")
+            elif axis != axes.get(name, 0):  # the batch dimension stays dynamic: the batch size comes from the job
+                d.Clear()
                 d.dim_value = v
 
 
@@ -111,12 +122,16 @@ def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
     return [i for i in model.graph.input if i.name not in inits]
 
 
-def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
+def input_specs(model: onnx.ModelProto, batch_axes: dict[str, int | None | str] | None = None) -> list[InputSpec]:
+    """The model's inputs: shape (None where dynamic: symbolic, unknown, 0 or negative), dtype and
+    batch axis (inferred, or the job's ``inputs.<name>.batch_axis``)."""
+    vis = graph_inputs(model)
+    axes = infer_batch_axes(vis, batch_axes)
     specs = []
-    for vi in graph_inputs(model):
+    for vi in vis:
         tt = vi.type.tensor_type
-        shape = tuple(d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim)
-        specs.append(InputSpec(vi.name, shape, np.dtype(helper.tensor_dtype_to_np_dtype(tt.elem_type))))
+        shape = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in tt.shape.dim)
+        specs.append(InputSpec(vi.name, shape, np.dtype(helper.tensor_dtype_to_np_dtype(tt.elem_type)), axes[vi.name]))
     return specs
 
 

@@ -58,6 +58,8 @@ class QuantPlan:
     excluded: list[tuple[str, str]] = field(default_factory=list)  # (node, reason): weighted ops kept out of INT8
     adds: list[AddPoint] = field(default_factory=list)
     pools: list[tuple[str, str]] = field(default_factory=list)  # (AveragePool/GlobalAveragePool node, input)
+    # control-flow node → weighted ops inside its subgraphs (not quantized)
+    in_subgraphs: dict[str, int] = field(default_factory=dict)
 
     @property
     def activations(self) -> list[str]:
@@ -75,6 +77,24 @@ class QuantPlan:
     def channel_axes(self) -> dict[str, int]:
         """Axis of each weighted op's input that its weights reduce over (for bias correction)."""
         return {q.activation: (-1 if q.op_type == "MatMul" else 1) for q in self.nodes}
+
+
+def subgraph_weighted_ops(graph: onnx.GraphProto) -> dict[str, int]:
+    """Control-flow node (If, Loop, Scan…) of ``graph`` → the weighted ops inside its subgraphs, nested ones too."""
+    def count(g: onnx.GraphProto) -> int:
+        return sum((n.op_type in WEIGHTED_OPS) + sum(count(sg) for sg in _subgraphs(n)) for n in g.node)
+
+    return {n.name or n.op_type: c for n in graph.node if (c := sum(count(sg) for sg in _subgraphs(n)))}
+
+
+def _subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
+    out = []
+    for a in node.attribute:
+        if a.type == onnx.AttributeProto.GRAPH:
+            out.append(a.g)
+        elif a.type == onnx.AttributeProto.GRAPHS:
+            out.extend(a.graphs)
+    return out
 
 
 def name_nodes(model: onnx.ModelProto) -> None:
@@ -121,6 +141,7 @@ def plan_quantization(model: onnx.ModelProto, exclude_ops=(), exclude_nodes=()) 
                                     weight_axis(node.op_type, attrs, len(w.dims)), bias))
     if "Add" not in exclude_ops:
         plan.adds = _residual_adds(model, inits, exclude_nodes)
+    plan.in_subgraphs = subgraph_weighted_ops(graph)
     plan.pools = [(n.name, n.input[0]) for n in graph.node
                   if n.op_type in POOLS and n.op_type not in exclude_ops and n.name not in exclude_nodes
                   and n.input[0] not in inits]

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import onnx
 
 from ..artifacts import file_sha256
 from ..errors import JobError, ModelError
+from ..job import InputOptions, Job
 from .load import InputSpec, input_specs, load_model, output_names
 from .plan import QuantPlan, name_nodes, plan_quantization
 
@@ -36,6 +38,12 @@ class PreparedModel:
         return file_sha256(self.path)
 
     def require_quantizable(self) -> None:
+        inside = self.plan.in_subgraphs
+        if not self.plan.nodes and inside:
+            where = ", ".join(f"{n} ({c})" for n, c in list(inside.items())[:3])
+            raise ModelError(f"{self.path}: all {sum(inside.values())} weighted ops are inside control-flow "
+                             f"subgraphs ({where}), which trtq does not quantize; export the model without "
+                             "If/Loop/Scan around them (e.g. for one fixed sample rate or sequence length)")
         if not self.plan.nodes:
             raise ModelError(f"{self.path}: no weighted op (Conv, ConvTranspose, Gemm, MatMul with constant weights) "
                              "to quantize; check quantization.exclude_ops/exclude_nodes")
@@ -53,10 +61,36 @@ class PreparedModel:
                                    f"{fixed} (or export the model with a dynamic batch dimension)")
 
 
+def _with_constant(spec: InputSpec, value) -> InputSpec:
+    try:
+        arr = np.asarray(value, dtype=spec.dtype)
+    except (TypeError, ValueError):
+        raise JobError(f"inputs.{spec.name}.value: {value!r} is not a {spec.dtype} value") from None
+    want = spec.sample_shape()
+    if arr.ndim != len(want) or any(w is not None and w != g for w, g in zip(want, arr.shape)):
+        shown = "x".join("?" if w is None else str(w) for w in want) or "a scalar"
+        raise JobError(f"inputs.{spec.name}.value: shape {list(arr.shape)} does not fit one sample of "
+                       f"'{spec.name}' ({shown})")
+    return replace(spec, constant=arr)
+
+
 def prepare(path: Path, input_shapes: dict[str, tuple[int, ...]] | None = None, exclude_ops=(),
-            exclude_nodes=()) -> PreparedModel:
-    """Load ``path`` and plan its quantization (errors name the file, or the job key)."""
-    model = load_model(path, input_shapes)
+            exclude_nodes=(), inputs: dict[str, InputOptions] | None = None) -> PreparedModel:
+    """Load ``path`` and plan its quantization (errors name the file, or the job key).
+    ``inputs``: the job's ``inputs`` section (batch axes, constant inputs)."""
+    inputs = inputs or {}
+    axes = {k: v.batch_axis for k, v in inputs.items()}
+    model = load_model(path, input_shapes, axes)
     name_nodes(model)
-    inputs = input_specs(model)
-    return PreparedModel(Path(path), model, inputs, plan_quantization(model, exclude_ops, exclude_nodes))
+    specs = [s if inputs.get(s.name) is None or inputs[s.name].value is None
+             else _with_constant(s, inputs[s.name].value) for s in input_specs(model, axes)]
+    return PreparedModel(Path(path), model, specs, plan_quantization(model, exclude_ops, exclude_nodes))
+
+
+def prepare_job(job: Job) -> PreparedModel:
+    """The job's model, prepared, with its batch sizes checked and something to quantize."""
+    q = job.quantization
+    prepared = prepare(job.model, job.input_shapes, q.exclude_ops, q.exclude_nodes, job.inputs)
+    prepared.check_batch_sizes(job.batch_sizes())
+    prepared.require_quantizable()
+    return prepared

@@ -22,7 +22,7 @@ from ..engine import onnxruntime as ort_engine
 from ..engine import tensorrt as trt_engine
 from ..evaluation.evaluate import Evaluation, evaluate, evaluate_tensorrt
 from ..job import Job
-from ..model.prepare import PreparedModel, prepare
+from ..model.prepare import PreparedModel, prepare_job
 from ..progress import Progress
 from ..quant.precision import cast_nodes_fp16
 from ..quant.qdq import insert_qdq
@@ -36,14 +36,6 @@ from ..runtime.onnxruntime import cpu_info
 class BuildResult:
     out_dir: Path  # the job's folder: every artifact of the build
     report: dict  # report.json's document
-
-
-def prepare_job(job: Job) -> PreparedModel:
-    """The job's model, prepared, with its batch sizes checked and something to quantize."""
-    prepared = prepare(job.model, job.input_shapes, job.quantization.exclude_ops, job.quantization.exclude_nodes)
-    prepared.check_batch_sizes(job.batch_sizes())
-    prepared.require_quantizable()
-    return prepared
 
 
 def write_ranges(folder: Path, cal: Calibration, model_sha: str, job: Job) -> None:
@@ -108,6 +100,9 @@ def build(job: Job, out_root: Path | None = None, progress: Progress | None = No
     if q.target == "tensorrt":
         trt_engine.check_target(job.tensorrt, trt_engine.require_tensorrt())
     prepared = prepare_job(job)
+    for node, count in prepared.plan.in_subgraphs.items():
+        progress.note(f"{count} weighted op(s) inside the subgraphs of {node} stay FP32: trtq does not quantize "
+                      "inside control flow")
     open_source(job.calibration, prepared.inputs, "calibration")  # bad data fails before any work
     if job.evaluation is not None:
         open_source(job.evaluation, prepared.inputs, "evaluation")
@@ -136,7 +131,8 @@ def build(job: Job, out_root: Path | None = None, progress: Progress | None = No
                         "weight_method": q.weight_method, "bias_correction": means is not None,
                         "excluded": [list(k) for k in prepared.plan.excluded],
                         "excluded_precision": "fp16" if fp16 else "fp32",
-                        "activation_tensors": len(prepared.plan.activations)}
+                        "activation_tensors": len(prepared.plan.activations),
+                        "in_subgraphs": prepared.plan.in_subgraphs}
         report = build_report(job, prepared, cal.info, quantization, engine, cpu)
         if job.evaluation is not None:
             result = evaluate_build(job, prepared, stage, engine, eval_qdq, progress)

@@ -44,7 +44,8 @@ def reevaluate(job: Job, out_root: Path | None = None, progress: Progress | None
         raise JobError(f"{folder}: no build of job '{job.name}' there; run 'trtq build' first (or give --out)")
     report = json.loads((folder / REPORT_JSON).read_text())
     ranges_doc = json.loads((folder / RANGES).read_text())
-    prepared = prepare(job.model, job.input_shapes, job.quantization.exclude_ops, job.quantization.exclude_nodes)
+    q = job.quantization
+    prepared = prepare(job.model, job.input_shapes, q.exclude_ops, q.exclude_nodes, job.inputs)
     if ranges_doc["model_sha256"] != prepared.sha256:
         raise JobError(f"{job.model}: the model changed since {folder} was built; rebuild with 'trtq build'")
     engine = report["engine"]

@@ -38,6 +38,18 @@ def session(model: onnx.ModelProto | str | Path, threads: int | None = None, opt
         raise BackendError(f"onnxruntime cannot load the model: {first}") from None
 
 
+class RunError(BackendError):
+    """ONNX Runtime failed while running the model on the data it was given."""
+
+
+def run_failed(exc: BaseException, feeds: dict[str, np.ndarray]) -> RunError:
+    """A one-line error from ONNX Runtime's exception: the inputs' shapes and ORT's first line."""
+    shapes = ", ".join(f"'{k}' {'x'.join(map(str, v.shape)) or 'scalar'} {v.dtype}" for k, v in feeds.items())
+    text = str(exc).strip().splitlines()
+    first = text[0][:300] if text else exc.__class__.__name__
+    return RunError(f"onnxruntime failed running the model on {shapes}: {first}")
+
+
 class Runner:
     """Runs a session; ``run(feeds, names)`` returns the named outputs (default: all)."""
 
@@ -47,7 +59,10 @@ class Runner:
         self.output_names = [o.name for o in sess.get_outputs()]
 
     def __call__(self, feeds: dict[str, np.ndarray], names: list[str] | None = None) -> list[np.ndarray]:
-        return self.sess.run(names or self.output_names, feeds)
+        try:
+            return self.sess.run(names or self.output_names, feeds)
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
+            raise run_failed(exc, feeds) from None
 
 
 class BoundRunner:
@@ -73,9 +88,13 @@ class BoundRunner:
         else:
             first = False
         io = self._io
-        for k, v in feeds.items():
-            io.bind_cpu_input(k, np.ascontiguousarray(v))
-        self.sess.run_with_iobinding(io)
+        try:
+            for k, v in feeds.items():
+                io.bind_cpu_input(k, np.ascontiguousarray(v))
+            self.sess.run_with_iobinding(io)
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
+            self._key = None  # the binding may be half-made
+            raise run_failed(exc, feeds) from None
         outs = io.get_outputs()
         if first:  # keep these buffers bound for the next batches of the same shape
             for n, v in zip(names, outs):
