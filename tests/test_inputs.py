@@ -257,3 +257,116 @@ def test_a_constant_input_need_not_be_in_the_data_but_real_inputs_must():
     assert set(_check_sample(Sample("s", {"x": np.zeros(2, np.float32)}), inputs, "c")) == {"x"}
     with pytest.raises(DataError, match="missing x"):
         _check_sample(Sample("s", {"sr": np.array(1)}), inputs, "c")
+
+
+# -- control flow a constant decides ------------------------------------------------------------------
+def if_model(tmp_path):
+    """y = If(sr == 16000, Conv_a(x), Conv_b(x)): the network inside the branches, as silero-vad exports it."""
+    def branch(name, scale):
+        w = numpy_helper.from_array((RNG.normal(0, .5, (4, 3, 1, 1)) * scale).astype(np.float32), f"{name}_w")
+        conv = helper.make_node("Conv", ["x", f"{name}_w"], [f"{name}_out"], name=f"{name}_conv")
+        return helper.make_graph([conv], name, [], [_vi(f"{name}_out", ["n", 4, 8, 8])], [w])
+
+    nodes = [helper.make_node("Constant", [], ["k"], value=numpy_helper.from_array(np.array(16000, np.int64))),
+             helper.make_node("Equal", ["sr", "k"], ["is16k"], name="eq"),
+             helper.make_node("If", ["is16k"], ["y"], name="if16k", then_branch=branch("a", 1.0),
+                              else_branch=branch("b", 3.0))]
+    ins = [_vi("x", ["n", 3, 8, 8]), helper.make_tensor_value_info("sr", TensorProto.INT64, [])]
+    return _save(tmp_path, nodes, ins, [_vi("y", ["n", 4, 8, 8])], [], "if.onnx")
+
+
+@pytest.mark.parametrize("rate, branch", [(16000, "a_conv"), (8000, "b_conv")])
+def test_an_if_on_a_constant_input_is_replaced_by_its_branch(tmp_path, rate, branch):
+    import onnxruntime as ort
+
+    from trtq.job import InputOptions
+
+    path = if_model(tmp_path)
+    plain = prepare(path)
+    assert plain.plan.nodes == [] and plain.plan.in_subgraphs == {"if16k": 2}
+    with pytest.raises(Exception, match=r"all 2 weighted ops are inside control-flow subgraphs \(if16k \(2\)\)"):
+        plain.require_quantizable()
+    folded = prepare(path, inputs={"sr": InputOptions(value=rate)})
+    assert folded.folded == ["if16k"] and [q.node for q in folded.plan.nodes] == [branch]
+    feeds = {"x": RNG.normal(0, 1, (2, 3, 8, 8)).astype(np.float32), "sr": np.array(rate, np.int64)}
+    want = ort.InferenceSession(str(path)).run(None, feeds)[0]
+    got = ort.InferenceSession(folded.model.SerializeToString()).run(None, feeds)[0]
+    np.testing.assert_array_equal(got, want)
+
+
+def test_an_if_on_data_is_left_alone(tmp_path):
+    from trtq.job import InputOptions
+
+    path = if_model(tmp_path)
+    # a batched constant cannot decide a branch for the whole model: nothing is folded
+    assert prepare(path, inputs={"x": InputOptions(value=np.zeros((3, 8, 8)).tolist())}).folded == []
+
+
+# -- preprocessing for detectors and OCR ---------------------------------------------------------------
+def _image(tmp_path, w, h, value=200):
+    from PIL import Image
+
+    Image.fromarray(np.full((h, w, 3), value, np.uint8)).save(tmp_path / "im.png")
+    return tmp_path / "im.png"
+
+
+def test_letterbox_keeps_the_aspect_and_fills_the_rest(tmp_path):
+    from trtq.data.preprocess import load_image
+    from trtq.job import Preprocess
+
+    x = load_image(_image(tmp_path, 200, 100), Preprocess(letterbox=(64, 64), fill=114))
+    assert x.shape == (3, 64, 64)
+    assert np.all(x[:, :16] == 114) and np.all(x[:, 48:] == 114) and np.all(x[:, 16:48] == 200)
+
+
+def test_text_lines_resize_to_a_height_and_pad_right_after_normalizing(tmp_path):
+    from trtq.data.preprocess import load_image
+    from trtq.job import Preprocess
+
+    spec = Preprocess(resize_height=48, pad_width=320, scale=1 / 255, mean=0.5, std=0.5, color="BGR")
+    x = load_image(_image(tmp_path, 100, 24, 255), spec)  # 100x24 → 200x48, then padded to 320
+    assert x.shape == (3, 48, 320)
+    assert np.allclose(x[:, :, :200], 1.0) and np.all(x[:, :, 200:] == 0.0)
+    assert load_image(_image(tmp_path, 1000, 24), spec).shape == (3, 48, 320)  # wider: squeezed to the width
+
+
+def test_multiple_of_rounds_each_side_and_geometries_are_exclusive(tmp_path):
+    from pydantic import ValidationError
+
+    from trtq.data.preprocess import load_image
+    from trtq.job import Preprocess
+
+    assert load_image(_image(tmp_path, 330, 250), Preprocess(multiple_of=32)).shape == (3, 256, 320)
+    with pytest.raises(ValidationError, match="give one of resize, resize_to, letterbox, resize_height"):
+        Preprocess(resize=256, letterbox=(640, 640))
+    with pytest.raises(ValidationError, match="pad_width goes with resize_height"):
+        Preprocess(pad_width=320)
+
+
+# -- the per-layer analysis within the memory budget -----------------------------------------------------
+def test_per_layer_analysis_in_passes_equals_one_pass(tiny):
+    from trtq.calib.collect import collect
+    from trtq.calib.methods import MinMax, compute_ranges
+    from trtq.data.sources import Batch
+    from trtq.evaluation.per_layer import per_layer_errors
+    from trtq.model.load import expose_tensors
+    from trtq.quant.qdq import insert_qdq
+    from trtq.runtime.onnxruntime import Runner, session
+
+    prepared = prepare(tiny["model"])
+    x = tiny["x"]
+    batches = [Batch({"input": x[i:i + 8]}, None, [str(j) for j in range(i, i + 8)]) for i in (0, 8, 16)]
+    acts = prepared.plan.activations
+    stats = collect(Runner(session(expose_tensors(prepared.model, acts))), acts, batches)
+    qdq = insert_qdq(prepared.model, prepared.plan, compute_ranges(stats, MinMax()), "onnxruntime")
+
+    def run(budget):
+        return per_layer_errors(prepared.model, qdq, prepared.plan, lambda: batches, 24,
+                                lambda m, optimize: Runner(session(m, optimize=optimize)), prepared.inputs, budget)
+
+    whole, parts = run(1 << 30), run(1)  # 1 byte: every tensor alone, one pass each
+    tensors = {t for r in whole["layers"] for t in (r["input"], r["output"])}
+    assert whole["passes"] == 1 and parts["passes"] == len(tensors) == 8
+    assert parts["samples"] == whole["samples"] == 24 and parts["worst"] == whole["worst"]
+    for a, b in zip(whole["layers"], parts["layers"]):
+        assert a["output_sqnr_db"] == pytest.approx(b["output_sqnr_db"], rel=1e-9)

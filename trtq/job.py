@@ -28,6 +28,17 @@ class Preprocess(_Strict):
     """Image preprocessing: pixel values 0–255 → ``(pixel * scale - mean) / std``."""
 
     resize: int | None = Field(None, gt=0, description="resize so the shorter side has this length")
+    resize_to: tuple[int, int] | None = Field(None, description="resize to exactly [height, width]")
+    letterbox: tuple[int, int] | None = Field(None, description="fit inside [height, width] keeping the aspect "
+                                              "ratio, centered, the rest filled with 'fill' (YOLO-style)")
+    fill: float = Field(114, description="letterbox: the pixel value (0-255) of the padding")
+    resize_height: int | None = Field(None, gt=0, description="resize to this height keeping the aspect ratio "
+                                      "(text-line recognisers)")
+    pad_width: int | None = Field(None, gt=0, description="with resize_height: right-pad to this width with "
+                                  "pad_value (after normalization); wider images are resized to it")
+    pad_value: float = 0.0
+    multiple_of: int | None = Field(None, gt=0, description="after resizing, round each side to a multiple of this "
+                                    "(detectors with stride-32 feature maps)")
     interpolation: Interpolation = "bilinear"
     crop: int | tuple[int, int] | None = Field(None, description="center crop: size or [height, width]")
     scale: float = 1.0
@@ -35,6 +46,18 @@ class Preprocess(_Strict):
     std: float | tuple[float, ...] = 1.0
     color: Literal["RGB", "BGR", "L"] = "RGB"
     layout: Literal["NCHW", "NHWC"] = "NCHW"
+
+    @model_validator(mode="after")
+    def _one_geometry(self):
+        given = [k for k in ("resize", "resize_to", "letterbox", "resize_height") if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise ValueError(f"give one of resize, resize_to, letterbox, resize_height (got {', '.join(given)})")
+        if self.pad_width is not None and self.resize_height is None:
+            raise ValueError("pad_width goes with resize_height")
+        for key in ("resize_to", "letterbox"):
+            if getattr(self, key) is not None and min(getattr(self, key)) < 1:
+                raise ValueError(f"{key} must be [height, width] of positive sizes")
+        return self
 
     @field_validator("std")
     @classmethod

@@ -143,7 +143,10 @@ def _per_layer(prepared: PreparedModel, spec: EvaluationSpec, qdq_model: onnx.Mo
 
     def make_batches():
         src = open_source(spec, prepared.inputs, "evaluation")
-        return batches(src, prepared.inputs, min(spec.batch_size, count), "evaluation", spec.skip, count)
+        # one sample at a time: the exposed tensors of both models, not a whole batch of them, are what
+        # must fit (and a fixed batch size keeps its own)
+        fixed = next((i.fixed_batch for i in prepared.inputs if i.fixed_batch is not None), None)
+        return batches(src, prepared.inputs, fixed or 1, "evaluation", spec.skip, count)
 
     with progress.task("per-layer error", count) as advance:
         per_layer = per_layer_errors(

@@ -54,14 +54,21 @@ def load_model(path: Path, input_shapes: dict[str, tuple[int, ...]] | None = Non
         first = str(exc).strip().splitlines()[0]
         raise ModelError(f"{path}: ONNX checker rejected the model: {first}") from None
     model = _upgrade_opset(model, path)
-    _constant_nodes_to_initializers(model)
     if input_shapes:
         _set_input_shapes(model, input_shapes, path, infer_batch_axes(graph_inputs(model), batch_axes))
+    return settle(model, path)
+
+
+def settle(model: onnx.ModelProto, path: Path, fresh: bool = False) -> onnx.ModelProto:
+    """``Constant`` nodes as initializers and every tensor's shape inferred; ``fresh``: the
+    exporter's value_info dropped first (after the graph changed, it may no longer hold)."""
+    _constant_nodes_to_initializers(model)
+    if fresh:
+        del model.graph.value_info[:]
     try:
-        model = shape_inference.infer_shapes(model)
+        return shape_inference.infer_shapes(model)
     except Exception as exc:  # noqa: BLE001 - shape inference raises many types
         raise ModelError(f"{path}: shape inference failed ({str(exc).splitlines()[0]}); check input_shapes") from None
-    return model
 
 
 def _upgrade_opset(model: onnx.ModelProto, path: Path) -> onnx.ModelProto:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +17,8 @@ import onnx
 from ..artifacts import file_sha256
 from ..errors import JobError, ModelError
 from ..job import InputOptions, Job
-from .load import InputSpec, input_specs, load_model, output_names
+from .controlflow import fold_constant_ifs
+from .load import InputSpec, input_specs, load_model, output_names, settle
 from .plan import QuantPlan, name_nodes, plan_quantization
 
 
@@ -27,6 +28,7 @@ class PreparedModel:
     model: onnx.ModelProto
     inputs: list[InputSpec]
     plan: QuantPlan
+    folded: list[str] = field(default_factory=list)  # If nodes replaced by the branch a constant input chose
 
     @property
     def outputs(self) -> list[str]:
@@ -81,10 +83,16 @@ def prepare(path: Path, input_shapes: dict[str, tuple[int, ...]] | None = None, 
     inputs = inputs or {}
     axes = {k: v.batch_axis for k, v in inputs.items()}
     model = load_model(path, input_shapes, axes)
-    name_nodes(model)
     specs = [s if inputs.get(s.name) is None or inputs[s.name].value is None
              else _with_constant(s, inputs[s.name].value) for s in input_specs(model, axes)]
-    return PreparedModel(Path(path), model, specs, plan_quantization(model, exclude_ops, exclude_nodes))
+    fixed = {s.name: s.constant for s in specs if s.constant is not None and s.batch_axis is None}
+    folded = fold_constant_ifs(model, fixed) if fixed else []
+    if folded:
+        model = settle(model, Path(path), fresh=True)
+    name_nodes(model)
+    prepared = PreparedModel(Path(path), model, specs, plan_quantization(model, exclude_ops, exclude_nodes))
+    prepared.folded = folded
+    return prepared
 
 
 def prepare_job(job: Job) -> PreparedModel:

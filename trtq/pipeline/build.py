@@ -100,6 +100,8 @@ def build(job: Job, out_root: Path | None = None, progress: Progress | None = No
     if q.target == "tensorrt":
         trt_engine.check_target(job.tensorrt, trt_engine.require_tensorrt())
     prepared = prepare_job(job)
+    for node in prepared.folded:
+        progress.note(f"{node}: replaced by the branch the job's constant inputs select")
     for node, count in prepared.plan.in_subgraphs.items():
         progress.note(f"{count} weighted op(s) inside the subgraphs of {node} stay FP32: trtq does not quantize "
                       "inside control flow")

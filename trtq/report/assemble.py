@@ -34,7 +34,8 @@ def engine_files(engine: dict) -> list[str]:
 def build_report(job: Job, prepared: PreparedModel, calibration: dict, quantization: dict, engine: dict,
                  machine: dict) -> dict:
     """The report of one build before its evaluation (see :func:`add_evaluation`)."""
-    inputs = [{"name": i.name, "shape": list(i.shape), "dtype": str(i.dtype)} for i in prepared.inputs]
+    inputs = [{"name": i.name, "shape": list(i.shape), "dtype": str(i.dtype), "batch_axis": i.batch_axis,
+               **({"constant": i.constant.tolist()} if i.constant is not None else {})} for i in prepared.inputs]
     return {
         "schema_version": SCHEMA_VERSION,
         "job": job.model_dump(mode="json", by_alias=True),
@@ -42,7 +43,8 @@ def build_report(job: Job, prepared: PreparedModel, calibration: dict, quantizat
                      "numpy": np.__version__, "python": platform.python_version()},
         "machine": machine,
         "threads": job.evaluation.latency.threads if job.evaluation else None,
-        "model": {"path": str(job.model), "sha256": prepared.sha256, "inputs": inputs, "outputs": prepared.outputs},
+        "model": {"path": str(job.model), "sha256": prepared.sha256, "inputs": inputs, "outputs": prepared.outputs,
+                  "folded_control_flow": prepared.folded},
         "calibration": calibration,
         "quantization": quantization,
         "engine": engine,
