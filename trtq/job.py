@@ -128,6 +128,8 @@ class QuantizationSpec(_Strict):
     weight_bits: Literal["auto", 7, 8] = Field("auto", description="ONNX Runtime engine: 7-bit weights avoid int16 "
                                               "saturation on CPUs without VNNI; auto picks by the CPU")
     bias_correction: bool = Field(True, description="fold the mean output shift of weight quantization into each bias")
+    equalize_channels: bool = Field(True, description="widen activation channels narrower than 1/8 of their tensor's "
+                                    "widest in front of depthwise convolutions, where the graph absorbs it exactly")
     exclude_ops: tuple[str, ...] = ()
     exclude_nodes: tuple[str, ...] = ()
     keep_precision: Literal["fp32", "fp16"] = Field("fp32", description="precision of the layers kept out of INT8 in "

@@ -29,6 +29,7 @@ class PreparedModel:
     inputs: list[InputSpec]
     plan: QuantPlan
     folded: list[str] = field(default_factory=list)  # If nodes replaced by the branch a constant input chose
+    equalized: dict[str, np.ndarray] = field(default_factory=dict)  # tensor → channel scales (model/equalize.py)
 
     @property
     def outputs(self) -> list[str]:

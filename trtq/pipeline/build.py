@@ -13,9 +13,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from ..artifacts import CACHE, MEANS, ORT_ENGINE, QDQ_MODEL, RANGES, staged_output, write_atomic
+from ..artifacts import CACHE, EQUALIZATION, MEANS, ORT_ENGINE, QDQ_MODEL, RANGES, staged_output, write_atomic
 from ..calib.cache import cache_text
 from ..calib.calibrate import Calibration, calibrate
+from ..calib.channels import equalize_channels
 from ..calib.shards import ShardMap
 from ..data.sources import batches, open_source
 from ..engine import onnxruntime as ort_engine
@@ -91,6 +92,26 @@ def evaluate_build(job: Job, prepared: PreparedModel, folder: Path, engine: dict
     return evaluate(prepared, job.evaluation, qdq, int8, progress)
 
 
+def _equalize(job: Job, prepared: PreparedModel, progress: Progress) -> tuple[PreparedModel, list[dict]]:
+    q = job.quantization
+    prepared, scales, narrow = equalize_channels(prepared, job.calibration, q.equalize_channels, q.exclude_ops,
+                                                 q.exclude_nodes, progress=progress)
+    if scales:
+        progress.note(f"equalized {sum(int((s > 1).sum()) for s in scales.values())} narrow channel(s) of "
+                      f"{len(scales)} tensor(s) in front of depthwise convolutions (FP32-identical)")
+    for f in narrow:
+        left = f["channels"] if not f["equalized"] else f["narrow_after"]
+        if left:
+            chans = ", ".join(map(str, left[:8])) + (" …" if len(left) > 8 else "")
+            cap = f["sqnr_cap_db"] if not f["equalized"] else f["sqnr_cap_after_db"]
+            progress.note(f"narrow channels: '{f['tensor']}' channels {chans} (of {f['of']}) carry less than one "
+                          f"int8 step: '{f['at']}' keeps at most {cap:.0f} dB SQNR in INT8"
+                          + ("" if f["equalized"] else " (the graph cannot absorb equalization here)")
+                          + "; consider keeping the depthwise convolution that reads it out of INT8 "
+                          "(quantization.exclude_nodes)")
+    return prepared, narrow
+
+
 def build(job: Job, out_root: Path | None = None, progress: Progress | None = None, reuse: bool = True,
           shard_map: ShardMap | None = None) -> BuildResult:
     """Build one job into ``<out_root>/<job.name>``. ``shard_map(fn, args)`` runs the calibration
@@ -110,8 +131,11 @@ def build(job: Job, out_root: Path | None = None, progress: Progress | None = No
         open_source(job.evaluation, prepared.inputs, "evaluation")
     cpu = cpu_info()
     root = Path(out_root) if out_root is not None else job.output
+    prepared, narrow = _equalize(job, prepared, progress)
 
     with staged_output(root, job.name) as stage:
+        if prepared.equalized:
+            np.savez(stage / EQUALIZATION, **dict(sorted(prepared.equalized.items())))
         cal = calibrate(prepared, job.calibration, job.calibrator, progress, root, reuse, shard_map)
         write_ranges(stage, cal, prepared.sha256, job)
         means = None
@@ -134,7 +158,9 @@ def build(job: Job, out_root: Path | None = None, progress: Progress | None = No
                         "excluded": [list(k) for k in prepared.plan.excluded],
                         "excluded_precision": "fp16" if fp16 else "fp32",
                         "activation_tensors": len(prepared.plan.activations),
-                        "in_subgraphs": prepared.plan.in_subgraphs}
+                        "in_subgraphs": prepared.plan.in_subgraphs,
+                        "equalized": {t: int((s > 1).sum()) for t, s in prepared.equalized.items()},
+                        "narrow_channels": narrow}
         report = build_report(job, prepared, cal.info, quantization, engine, cpu)
         if job.evaluation is not None:
             result = evaluate_build(job, prepared, stage, engine, eval_qdq, progress)

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from ..artifacts import MEANS, QDQ_MODEL, RANGES, REPORT_JSON
+from ..artifacts import EQUALIZATION, MEANS, QDQ_MODEL, RANGES, REPORT_JSON
+from ..calib.channels import with_scales
 from ..calib.ranges import Range
 from ..errors import JobError
 from ..job import Job
@@ -46,6 +47,9 @@ def reevaluate(job: Job, out_root: Path | None = None, progress: Progress | None
     ranges_doc = json.loads((folder / RANGES).read_text())
     q = job.quantization
     prepared = prepare(job.model, job.input_shapes, q.exclude_ops, q.exclude_nodes, job.inputs)
+    if (folder / EQUALIZATION).is_file():  # the build equalized the model: evaluate that model
+        with np.load(folder / EQUALIZATION) as z:
+            prepared = with_scales(prepared, {k: z[k] for k in z.files}, q.exclude_ops, q.exclude_nodes)
     if ranges_doc["model_sha256"] != prepared.sha256:
         raise JobError(f"{job.model}: the model changed since {folder} was built; rebuild with 'trtq build'")
     engine = report["engine"]
