@@ -13,14 +13,28 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from ..errors import ModelError
 
-def _float_tensors(model: onnx.ModelProto) -> set[str]:
-    names = set()
-    for vi in list(model.graph.input) + list(model.graph.value_info) + list(model.graph.output):
-        if vi.type.tensor_type.elem_type == TensorProto.FLOAT:
-            names.add(vi.name)
-    names |= {i.name for i in model.graph.initializer if i.data_type == TensorProto.FLOAT}
-    return names
+
+def _tensor_types(model: onnx.ModelProto) -> dict[str, int]:
+    """Every tensor's element type, intermediate ones included. The Q/DQ graph carries no
+    ``value_info`` (insert_qdq rebuilds the node list), so the types are inferred here."""
+    try:
+        typed = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+    except (onnx.shape_inference.InferenceError, ValueError) as exc:  # e.g. a model over 2 GB
+        raise ModelError(f"cannot infer the tensor types needed for keep_precision: fp16 ({exc}); "
+                         "use keep_precision: fp32") from None
+    g = typed.graph
+    types = {vi.name: vi.type.tensor_type.elem_type for vi in list(g.input) + list(g.value_info) + list(g.output)}
+    types.update({i.name: i.data_type for i in g.initializer})
+    return {k: v for k, v in types.items() if v != TensorProto.UNDEFINED}
+
+
+def _is_float(types: dict[str, int], name: str, node: str) -> bool:
+    if name not in types:
+        raise ModelError(f"cannot tell the type of tensor '{name}' (an input of '{node}') to cast it to FP16; "
+                         "use keep_precision: fp32 or leave the node in INT8")
+    return types[name] == TensorProto.FLOAT
 
 
 def cast_nodes_fp16(model: onnx.ModelProto, nodes: list[str] | tuple[str, ...]) -> onnx.ModelProto:
@@ -29,7 +43,7 @@ def cast_nodes_fp16(model: onnx.ModelProto, nodes: list[str] | tuple[str, ...]) 
     out.CopyFrom(model)
     g = out.graph
     wanted = set(nodes)
-    floats = _float_tensors(out)
+    types = _tensor_types(out)
     inits = {i.name: i for i in g.initializer}
     new_nodes = []
     half_of: dict[str, str] = {}  # float tensor → its FP16 copy (shared by several FP16 nodes)
@@ -38,7 +52,7 @@ def cast_nodes_fp16(model: onnx.ModelProto, nodes: list[str] | tuple[str, ...]) 
             new_nodes.append(n)
             continue
         for k, name in enumerate(n.input):
-            if not name or name not in floats:
+            if not name or not _is_float(types, name, n.name):
                 continue
             if name not in half_of:
                 half = f"{name}__fp16"
