@@ -174,6 +174,11 @@ class Job(_Strict):
     evaluation: EvaluationSpec | None = None
     output: Path = Path("engines")
 
+    def calibrates_every_tensor(self) -> bool:
+        """TensorRT's implicit INT8 fed trtq's cache: it wants a scale for every tensor of the network."""
+        return (self.quantization.target == "tensorrt" and self.tensorrt.mode == "implicit"
+                and self.calibrator.source == "trtq")
+
     def batch_sizes(self) -> list[tuple[str, int]]:
         """Every batch size the job runs the model at, with the key that sets it."""
         sizes = [("calibration.batch_size", self.calibration.batch_size)]

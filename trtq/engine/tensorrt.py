@@ -126,7 +126,7 @@ def build_plan(spec: TensorRTSpec, calibrator: CalibratorSpec, batch_sizes: list
             feeder = CalibrationFeeder(full_batches(calibration_batches(), specs[0].shape[0], dropped), specs,
                                        DeviceAllocator(rt), cache_out=stage / TRT_CACHE)
         implicit = ImplicitSetup(feeder, kind, {s.name: s.shape for s in specs}, tuple(excluded),
-                                 f"TRT-{version}-{algorithm}")
+                                 f"TRT-{version}-{algorithm}", frozenset(ranges))
     try:
         with progress.task(f"building TensorRT engine ({spec.mode})", None):
             data, facts = build_serialized(trt, onnx_path, options, batch_sizes, implicit)
@@ -139,6 +139,12 @@ def build_plan(spec: TensorRTSpec, calibrator: CalibratorSpec, batch_sizes: list
     if implicit is not None:
         engine["calibration"] = {"source": calibrator.source, "cache_header": implicit.cache_header,
                                  "batches": implicit.feeder.batches_served, "dropped_samples": sum(dropped)}
+        if calibrator.source == "trtq":
+            missing = implicit.without_scale
+            engine["calibration"]["tensors_without_scale"] = {"count": len(missing), "first": missing[:10]}
+            if missing:
+                progress.note(f"TensorRT network tensors without a scale in trtq's cache: {len(missing)} (first: "
+                              f"{', '.join(missing[:3])}); they run in a non-INT8 kernel")
     return engine
 
 

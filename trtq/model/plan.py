@@ -58,6 +58,8 @@ class QuantPlan:
     excluded: list[tuple[str, str]] = field(default_factory=list)  # (node, reason): weighted ops kept out of INT8
     adds: list[AddPoint] = field(default_factory=list)
     pools: list[tuple[str, str]] = field(default_factory=list)  # (AveragePool/GlobalAveragePool node, input)
+    # calibrated for TensorRT's implicit-INT8 cache only (it asks for every tensor); no Q/DQ goes there
+    cache_only: list[str] = field(default_factory=list)
 
     @property
     def activations(self) -> list[str]:
@@ -71,6 +73,11 @@ class QuantPlan:
         for _, t in self.pools:
             seen.setdefault(t, None)
         return list(seen)
+
+    @property
+    def calibrated(self) -> list[str]:
+        """What calibration collects: the activations, then the cache-only tensors."""
+        return self.activations + [t for t in self.cache_only if t not in set(self.activations)]
 
     def channel_axes(self) -> dict[str, int]:
         """Axis of each weighted op's input that its weights reduce over (for bias correction)."""

@@ -15,7 +15,7 @@ import onnx
 
 from ..artifacts import file_sha256
 from ..errors import JobError, ModelError
-from .load import InputSpec, input_specs, load_model, output_names
+from .load import InputSpec, float_activations, input_specs, load_model, output_names
 from .plan import QuantPlan, name_nodes, plan_quantization
 
 
@@ -54,9 +54,14 @@ class PreparedModel:
 
 
 def prepare(path: Path, input_shapes: dict[str, tuple[int, ...]] | None = None, exclude_ops=(),
-            exclude_nodes=()) -> PreparedModel:
-    """Load ``path`` and plan its quantization (errors name the file, or the job key)."""
+            exclude_nodes=(), every_tensor: bool = False) -> PreparedModel:
+    """Load ``path`` and plan its quantization (errors name the file, or the job key).
+    ``every_tensor``: calibrate every FP32 tensor of the network, as TensorRT's implicit INT8
+    wants in its cache, besides the tensors Q/DQ goes on."""
     model = load_model(path, input_shapes)
     name_nodes(model)
     inputs = input_specs(model)
-    return PreparedModel(Path(path), model, inputs, plan_quantization(model, exclude_ops, exclude_nodes))
+    plan = plan_quantization(model, exclude_ops, exclude_nodes)
+    if every_tensor:
+        plan.cache_only = [t for t in float_activations(model) if t not in set(plan.activations)]
+    return PreparedModel(Path(path), model, inputs, plan)

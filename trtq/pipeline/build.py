@@ -40,7 +40,8 @@ class BuildResult:
 
 def prepare_job(job: Job) -> PreparedModel:
     """The job's model, prepared, with its batch sizes checked and something to quantize."""
-    prepared = prepare(job.model, job.input_shapes, job.quantization.exclude_ops, job.quantization.exclude_nodes)
+    prepared = prepare(job.model, job.input_shapes, job.quantization.exclude_ops, job.quantization.exclude_nodes,
+                       job.calibrates_every_tensor())
     prepared.check_batch_sizes(job.batch_sizes())
     prepared.require_quantizable()
     return prepared

@@ -14,20 +14,15 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ..errors import ModelError
+from ..model.load import tensor_types
 
 
 def _tensor_types(model: onnx.ModelProto) -> dict[str, int]:
-    """Every tensor's element type, intermediate ones included. The Q/DQ graph carries no
-    ``value_info`` (insert_qdq rebuilds the node list), so the types are inferred here."""
+    """The Q/DQ graph carries no ``value_info`` (insert_qdq rebuilds the node list): infer it."""
     try:
-        typed = onnx.shape_inference.infer_shapes(model, strict_mode=False)
-    except (onnx.shape_inference.InferenceError, ValueError) as exc:  # e.g. a model over 2 GB
-        raise ModelError(f"cannot infer the tensor types needed for keep_precision: fp16 ({exc}); "
-                         "use keep_precision: fp32") from None
-    g = typed.graph
-    types = {vi.name: vi.type.tensor_type.elem_type for vi in list(g.input) + list(g.value_info) + list(g.output)}
-    types.update({i.name: i.data_type for i in g.initializer})
-    return {k: v for k, v in types.items() if v != TensorProto.UNDEFINED}
+        return tensor_types(model)
+    except ModelError as exc:
+        raise ModelError(f"keep_precision: fp16: {exc}; use keep_precision: fp32") from None
 
 
 def _is_float(types: dict[str, int], name: str, node: str) -> bool:
