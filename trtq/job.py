@@ -76,7 +76,8 @@ class CalibratorSpec(_Strict):
     percentile: float = Field(99.99, gt=0, le=100)
     class_: str | None = Field(None, alias="class", description="user calibrator 'file.py:Class' or 'package.module:Class'")
     options: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for the user calibrator class")
-    cache_version: str = Field("8601", pattern=r"^[0-9]+$", description="TensorRT version number written in the cache header")
+    cache_version: str = Field("8601", pattern=r"^[0-9]+$", description="TensorRT version number written in the cache "
+                               "header (unset: the installed TensorRT's, else 8601)")
     cache_algorithm: Literal[
         "EntropyCalibration2", "EntropyCalibration", "MinMaxCalibration", "LegacyCalibration"
     ] = "EntropyCalibration2"

@@ -6,6 +6,7 @@ only, so trtq imports and runs on machines without them.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import re
 from pathlib import Path
 
@@ -33,6 +34,30 @@ def require_tensorrt():
         raise BackendError(f"TensorRT's libraries do not load ({str(exc).splitlines()[0]}); {INSTALL_HINT}") from None
 
 
+DEFAULT_CACHE_VERSION = "8601"  # calibrator.cache_version's default where no TensorRT is installed
+
+
+def installed_version() -> str | None:
+    """``tensorrt.__version__`` where TensorRT imports on this machine, else None."""
+    if importlib.util.find_spec("tensorrt") is None:
+        return None
+    try:
+        return str(importlib.import_module("tensorrt").__version__)
+    except (ImportError, OSError):
+        return None
+
+
+def cache_version(calibrator: CalibratorSpec, installed: str | None) -> tuple[str, str]:
+    """The cache header's version number and where it came from: the job's
+    ``calibrator.cache_version``, else the installed TensorRT's, else trtq's default (8601)."""
+    if "cache_version" in calibrator.model_fields_set:
+        return calibrator.cache_version, "calibrator.cache_version"
+    if installed is not None:
+        return version_number(installed), f"TensorRT {installed} installed here"
+    return DEFAULT_CACHE_VERSION, ("trtq's default; no TensorRT here, and TensorRT ignores a cache whose header "
+                                   "is not its own version: set calibrator.cache_version")
+
+
 def version_number(version: str) -> str:
     """TensorRT's ``NV_TENSORRT_VERSION`` for a version string, as written in cache headers:
     major·1000 + minor·100 + patch before 10.0 (8.6.1 → 8601), major·10000 + minor·100 + patch
@@ -46,15 +71,18 @@ def version_number(version: str) -> str:
 
 def check_target(spec: TensorRTSpec, trt) -> None:
     """Refuse what this TensorRT cannot do with the job's ``tensorrt`` section, before any work."""
-    from ..trt.builder import major_version
+    from ..trt.builder import version_tuple
 
-    version = tuple(int(p) for p in re.findall(r"\d+", str(trt.__version__))[:2])
+    version = version_tuple(trt.__version__)
     if version < (8, 6):
         raise BackendError(f"TensorRT {trt.__version__}: trtq builds engines with TensorRT 8.6 or newer "
                            "(10.x or 11.x recommended); upgrade TensorRT")
-    if spec.mode == "implicit" and major_version(trt) >= 11:
+    if spec.mode == "implicit" and version[0] >= 11:
         raise JobError(f"tensorrt.mode: implicit needs TensorRT 10.x or older; TensorRT {trt.__version__} removed "
                        "implicit INT8 (calibrators, BuilderFlag.INT8) — use mode: explicit (the Q/DQ model)")
+    if spec.dla_core is not None and (10, 8) <= version < (11, 4):
+        raise JobError(f"tensorrt.dla_core: TensorRT {trt.__version__} has no DLA support (10.7 was the last 10.x "
+                       "release with DLA; 11.0-11.3 have none); remove dla_core or use TensorRT 10.7 or 11.4+")
 
 
 def _options(t: TensorRTSpec):
@@ -117,7 +145,7 @@ def build_plan(spec: TensorRTSpec, calibrator: CalibratorSpec, batch_sizes: list
         cal = calibrator
         kind = "minmax" if cal.method == "minmax" else "entropy"
         algorithm = CACHE_ALGORITHM[kind]
-        version = cal.cache_version if "cache_version" in cal.model_fields_set else version_number(trt.__version__)
+        version = cache_version(cal, str(trt.__version__))[0]
         specs = calibration_specs(spec, batch_sizes[0], inputs)
         if cal.source == "trtq":
             cache = cache_text(ranges, version, algorithm)

@@ -47,8 +47,10 @@ def prepare_job(job: Job) -> PreparedModel:
     return prepared
 
 
-def write_ranges(folder: Path, cal: Calibration, model_sha: str, job: Job) -> None:
-    """``ranges.json`` and ``calibration.cache`` of a calibration."""
+def write_ranges(folder: Path, cal: Calibration, model_sha: str, job: Job, tensorrt_version: str | None) -> dict:
+    """``ranges.json`` and ``calibration.cache`` of a calibration; the cache header's version is the
+    job's, else that of ``tensorrt_version`` (the installed TensorRT), else trtq's default — which
+    one goes into the report's ``calibration.cache_header``."""
     doc = {
         "calibrator": cal.info["method"],
         "data_fingerprint": cal.info["data_fingerprint"],
@@ -57,7 +59,9 @@ def write_ranges(folder: Path, cal: Calibration, model_sha: str, job: Job) -> No
         "tensors": {k: r.to_json() for k, r in cal.ranges.items()},
     }
     write_atomic(folder / RANGES, json.dumps(doc, indent=2) + "\n")
-    write_atomic(folder / CACHE, cache_text(cal.ranges, job.calibrator.cache_version, job.calibrator.cache_algorithm))
+    version, origin = trt_engine.cache_version(job.calibrator, tensorrt_version)
+    write_atomic(folder / CACHE, cache_text(cal.ranges, version, job.calibrator.cache_algorithm))
+    return {"header": f"TRT-{version}-{job.calibrator.cache_algorithm}", "from": origin}
 
 
 def _tensorrt_engine(job: Job, prepared: PreparedModel, cal: Calibration, stage: Path, excluded: list[str],
@@ -107,7 +111,11 @@ def build(job: Job, out_root: Path | None = None, progress: Progress | None = No
     progress = progress or Progress()
     q = job.quantization
     if q.target == "tensorrt":
-        trt_engine.check_target(job.tensorrt, trt_engine.require_tensorrt())
+        trt = trt_engine.require_tensorrt()
+        trt_engine.check_target(job.tensorrt, trt)
+        trt_version = str(trt.__version__)
+    else:
+        trt_version = trt_engine.installed_version()
     prepared = prepare_job(job)
     open_source(job.calibration, prepared.inputs, "calibration")  # bad data fails before any work
     if job.evaluation is not None:
@@ -117,7 +125,7 @@ def build(job: Job, out_root: Path | None = None, progress: Progress | None = No
 
     with staged_output(root, job.name) as stage:
         cal = calibrate(prepared, job.calibration, job.calibrator, progress, root, reuse, shard_map)
-        write_ranges(stage, cal, prepared.sha256, job)
+        cal.info["cache_header"] = write_ranges(stage, cal, prepared.sha256, job, trt_version)
         means = None
         if q.bias_correction:
             means = cal.means

@@ -171,6 +171,8 @@ def _quantization_lines(report: dict) -> list[str]:
              + (": " + ", ".join(f"`{n}` ({r})" for n, r in q["excluded"]) if q["excluded"] else ""),
              f"- {cal['tensors']} activation tensors calibrated; data fingerprint `{cal['data_fingerprint'][:16]}…`"]
     lines += _layout_line(cal)
+    if cal.get("cache_header"):
+        lines.append(f"- `calibration.cache` header `{cal['cache_header']['header']}` ({cal['cache_header']['from']})")
     eng = report.get("engine", {})
     if eng.get("kernels"):
         k = eng["kernels"]
