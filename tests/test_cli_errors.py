@@ -168,7 +168,7 @@ def test_tensorrt_target_without_tensorrt(tiny, run_cli):
     except ImportError:
         pass
     code, _, err = run_cli("build", _job(tiny, quantization={"target": "tensorrt"}))
-    _assert_clean_error(code, err, "tensorrt", "trtq[tensorrt]", "target: onnxruntime", out_dir=tiny["dir"] / "out")
+    _assert_clean_error(code, err, "tensorrt", "trtq[tensorrt-cu12]", "target: onnxruntime", out_dir=tiny["dir"] / "out")
 
 
 def test_fixed_batch_model_with_another_batch_size(tiny, run_cli):

@@ -179,7 +179,7 @@ def test_doctor_reports_what_this_machine_allows(run_cli):
     assert "CPUExecutionProvider" in facts["onnxruntime_providers"]
     assert facts["allows"][0].startswith("target: onnxruntime")
     if facts["tensorrt"] is None:
-        assert "trtq[tensorrt]" in facts["tensorrt_error"] and len(facts["allows"]) == 1
+        assert "trtq[tensorrt-cu12]" in facts["tensorrt_error"] and len(facts["allows"]) == 1
     if facts["gpu"] is None:
         assert facts["gpu_error"] and "\n" not in facts["gpu_error"]
 

@@ -213,7 +213,7 @@ def _cmd_doctor(args) -> int:
         print(json.dumps(facts, indent=2))
         return 0
     out = _console()
-    out.print = functools.partial(out.print, markup=False)  # TensorRT's hints contain 'trtq[tensorrt]'
+    out.print = functools.partial(out.print, markup=False)  # TensorRT's hints contain 'trtq[tensorrt-cu12]'
     out.print(f"onnxruntime {facts['onnxruntime']}, providers: {', '.join(facts['onnxruntime_providers'])}")
     out.print(f"TensorRT: {facts['tensorrt'] or 'not available — ' + facts['tensorrt_error']}")
     out.print(f"CUDA binding: {facts['cuda_binding'] or 'none'}")

@@ -20,8 +20,8 @@ from ..errors import BackendError, JobError
 from ..job import CalibratorSpec, TensorRTSpec
 from ..model.load import InputSpec
 
-INSTALL_HINT = ("install the GPU extra on a machine with an NVIDIA GPU (pip install 'trtq[tensorrt]'), "
-                "or set quantization.target: onnxruntime to build the CPU engine")
+INSTALL_HINT = ("install the GPU extra for the driver's CUDA on a machine with an NVIDIA GPU (pip install "
+                "'trtq[tensorrt-cu12]', or 'trtq[tensorrt-cu13]' with a CUDA 13 / R580+ driver), or set quantization.target: onnxruntime to build the CPU engine")
 
 
 def require_tensorrt():
