@@ -44,6 +44,21 @@ def test_interior_excluded_nodes_get_input_casts_and_run_in_onnxruntime():
     assert sqnr_db(ref, got) > 40.0  # FP16 rounding of two layers, far below the INT8 noise
 
 
+def test_chained_excluded_nodes_pass_fp16_along_without_a_round_trip():
+    # fc1 feeds fc2: fc2 reads fc1's FP16 output directly (a second Cast to the same name was a
+    # duplicate definition ONNX Runtime refused)
+    model = tiny_model()
+    name_nodes(model)
+    x = np.random.default_rng(0).normal(size=(16, 3, 8, 8)).astype(np.float32)
+    _, ranges = _calibrated(model, x)
+    plan = plan_quantization(model, exclude_nodes=["fc1", "fc2"])
+    fp32, half = _both(model, plan, ranges, ["fc1", "fc2"])
+    onnx.checker.check_model(half, full_check=True)
+    fc2 = next(n for n in half.graph.node if n.name == "fc2")
+    assert fc2.input[0] == "fc1_out__fp16"
+    assert sqnr_db(_run(fp32, {"input": x}), _run(half, {"input": x})) > 40.0
+
+
 def test_efficientnet_interior_layers_in_fp16_lose_under_half_a_db_against_fp32_kept():
     model_path = need_shared("models", "efficientnet_lite0.onnx")
     photos = need_shared("data", "imagenet-sample-500")

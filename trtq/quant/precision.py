@@ -65,6 +65,7 @@ def cast_nodes_fp16(model: onnx.ModelProto, nodes: list[str] | tuple[str, ...]) 
                 continue
             half = f"{name}__fp16"
             n.output[k] = half
+            half_of[name] = half  # a following FP16 node reads it as it is
             new_nodes.append(helper.make_node("Cast", [half], [name], name=f"{name}__to_fp32", to=TensorProto.FLOAT))
     missing = wanted - {n.name for n in g.node}
     if missing:
