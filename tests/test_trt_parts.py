@@ -201,7 +201,7 @@ def test_tensorrt_target_hands_the_engine_stage_the_jobs_pieces(tiny, monkeypatc
         (stage / "engine.plan").write_bytes(b"plan")
         return {"path": "engine.plan", "kind": "tensorrt", "tensorrt_version": "10.16.1.11", "mode": "explicit"}
 
-    monkeypatch.setattr(trt_engine, "require_tensorrt", lambda: types.SimpleNamespace(__version__="10.16.1.11"))
+    monkeypatch.setattr(trt_engine, "find_tensorrt", lambda: (types.SimpleNamespace(__version__="10.16.1.11"), None))
     monkeypatch.setattr(trt_engine, "build_plan", fake_build_plan)
     monkeypatch.setattr(trt_engine, "inspect_plan", lambda plan, inputs, engine: {"detailed": False})
     job = {**tiny["job"], "quantization": {"target": "tensorrt", "exclude_nodes": ["conv"], "keep_precision": "fp16"},

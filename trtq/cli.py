@@ -55,7 +55,13 @@ def _print_summary(result, rows, verb: str = "build") -> None:
     out.print(table)
     out.print("artifacts: " + ", ".join(rep["artifacts"]))
     if cal.get("cache_header"):
-        out.print(f"calibration.cache header {cal['cache_header']['header']}: {cal['cache_header']['from']}")
+        out.print(f"calibration.cache header {cal['cache_header']['header']}: {cal['cache_header']['from']}",
+                  soft_wrap=True)
+    if rep.get("engine", {}).get("built") is False:
+        from .report.writer import not_built_lines
+
+        for line in not_built_lines(rep["engine"]):
+            out.print(line, soft_wrap=True, markup=False)  # commands stay on one line, to copy
 
 
 def _cmd_eval(args) -> int:

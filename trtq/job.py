@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import difflib
 import re
+import shlex
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from .errors import JobError
 
@@ -175,6 +176,12 @@ class Job(_Strict):
     tensorrt: TensorRTSpec = TensorRTSpec()
     evaluation: EvaluationSpec | None = None
     output: Path = Path("engines")
+    _command: str | None = PrivateAttr(None)  # the 'trtq build' line that loads this job, when read from a file
+
+    @property
+    def build_command(self) -> str:
+        """``trtq build JOB [--set …]`` as this job was loaded (a placeholder path if it was not)."""
+        return self._command or f"trtq build <job file of '{self.name}'>"
 
     def calibrates_every_tensor(self) -> bool:
         """TensorRT's implicit INT8 fed trtq's cache: it wants a scale for every tensor of the network."""
@@ -330,6 +337,7 @@ def job_from_data(data: dict, path: Path, overrides: list[str] = (), cwd: Path |
     if job.evaluation is not None and "preprocess" not in data.get("evaluation", {}):
         # evaluation images are preprocessed like calibration images unless the job says otherwise
         job = job.model_copy(update={"evaluation": job.evaluation.model_copy(update={"preprocess": job.calibration.preprocess})})
+    job._command = " ".join(["trtq", "build", shlex.quote(str(path))] + [f"--set {shlex.quote(o)}" for o in overrides])
     return job
 
 

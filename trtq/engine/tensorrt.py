@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from ..artifacts import FP32_TMP, PLAN, QDQ_MODEL, TRT_CACHE
+from ..artifacts import CACHE, FP32_TMP, PLAN, QDQ_MODEL, TRT_CACHE
 from ..calib.cache import cache_text
 from ..calib.ranges import Range
 from ..errors import BackendError, JobError
@@ -21,17 +21,26 @@ from ..job import CalibratorSpec, TensorRTSpec
 from ..model.load import InputSpec
 
 INSTALL_HINT = ("install the GPU extra for the driver's CUDA on a machine with an NVIDIA GPU (pip install "
-                "'trtq[tensorrt-cu12]', or 'trtq[tensorrt-cu13]' with a CUDA 13 / R580+ driver), or set quantization.target: onnxruntime to build the CPU engine")
+                "'trtq[tensorrt-cu12]', or 'trtq[tensorrt-cu13]' with a CUDA 13 / R580+ driver), or set "
+                "quantization.target: onnxruntime to build the CPU engine")
+
+
+def find_tensorrt():
+    """``(tensorrt module, None)``, or ``(None, why)`` where TensorRT does not import here."""
+    try:
+        return importlib.import_module("tensorrt"), None
+    except ImportError:
+        return None, "TensorRT is not installed on this machine"
+    except OSError as exc:  # the bindings import but TensorRT's libraries do not load
+        return None, f"TensorRT's libraries do not load ({str(exc).splitlines()[0]})"
 
 
 def require_tensorrt():
     """Return the ``tensorrt`` module or raise a one-line error saying what to do."""
-    try:
-        return importlib.import_module("tensorrt")
-    except ImportError:
-        raise BackendError(f"quantization.target: tensorrt needs TensorRT, which is not installed; {INSTALL_HINT}") from None
-    except OSError as exc:  # the bindings import but TensorRT's libraries do not load
-        raise BackendError(f"TensorRT's libraries do not load ({str(exc).splitlines()[0]}); {INSTALL_HINT}") from None
+    trt, why = find_tensorrt()
+    if trt is None:
+        raise BackendError(f"quantization.target: tensorrt needs TensorRT here: {why}; {INSTALL_HINT}")
+    return trt
 
 
 DEFAULT_CACHE_VERSION = "8601"  # calibrator.cache_version's default where no TensorRT is installed
@@ -56,6 +65,41 @@ def cache_version(calibrator: CalibratorSpec, installed: str | None) -> tuple[st
         return version_number(installed), f"TensorRT {installed} installed here"
     return DEFAULT_CACHE_VERSION, ("trtq's default; no TensorRT here, and TensorRT ignores a cache whose header "
                                    "is not its own version: set calibrator.cache_version")
+
+
+def trtexec_command(spec: TensorRTSpec, inputs: list[InputSpec], batch_sizes: list[int]) -> str:
+    """The ``trtexec`` line that builds the same engine from the build folder's files: explicit
+    mode from ``model.int8.onnx`` (strongly typed), implicit mode from the FP32 model with
+    ``calibration.cache``; the job's profiles, workspace, optimization level, timing cache, DLA."""
+    from ..trt.builder import resolve_profiles
+
+    shapes = {i.name: tuple(-1 if d is None else d for d in i.shape) for i in inputs}
+    profiles = resolve_profiles(shapes, _options(spec).profiles, batch_sizes)
+    args = ["trtexec"]
+    if spec.mode == "explicit":
+        args += [f"--onnx={QDQ_MODEL}", "--stronglyTyped"]
+    else:
+        args += ["--onnx=<the FP32 model>", "--int8", f"--calib={CACHE}"]
+    for kind in ("min", "opt", "max"):
+        if profiles:
+            args.append(f"--{kind}Shapes=" + ",".join(f"{name}:{'x'.join(map(str, getattr(p, kind)))}"
+                                                       for name, p in profiles.items()))
+    if spec.workspace_mb:
+        args.append(f"--memPoolSize=workspace:{spec.workspace_mb}M")
+    args.append(f"--builderOptimizationLevel={spec.optimization_level}")
+    if spec.timing_cache is not None:
+        args.append(f"--timingCacheFile={spec.timing_cache}")
+    if spec.dla_core is not None:
+        args += [f"--useDLACore={spec.dla_core}", "--allowGPUFallback"]
+    return " ".join(args + [f"--saveEngine={PLAN}"])
+
+
+def not_built(spec: TensorRTSpec, inputs: list[InputSpec], batch_sizes: list[int], build_command: str,
+              reason: str) -> dict:
+    """The report's ``engine`` section of a build that did everything but the plan: no TensorRT here."""
+    return {"path": None, "kind": "tensorrt", "built": False, "mode": spec.mode,
+            "reason": f"engine not built here: {reason}",
+            "build_on_gpu": {"trtq": build_command, "trtexec": trtexec_command(spec, inputs, batch_sizes)}}
 
 
 def version_number(version: str) -> str:

@@ -29,7 +29,7 @@ from ..quant.qdq import insert_qdq
 from ..quant.weights import QMAX_BY_BITS
 from ..report.assemble import add_evaluation, build_report
 from ..report.writer import write_report
-from ..runtime.onnxruntime import cpu_info
+from ..runtime.onnxruntime import Runner, cpu_info, session
 
 
 @dataclass
@@ -64,8 +64,26 @@ def write_ranges(folder: Path, cal: Calibration, model_sha: str, job: Job, tenso
     return {"header": f"TRT-{version}-{job.calibrator.cache_algorithm}", "from": origin}
 
 
+def _tensorrt_here(job: Job) -> tuple[str | None, str | None]:
+    """(the TensorRT version on this machine, why no engine can be built here). A job for
+    TensorRT on a machine without it still calibrates, writes the Q/DQ model and cache, and
+    evaluates the Q/DQ model in ONNX Runtime; only the plan is left for a GPU machine."""
+    if job.quantization.target != "tensorrt":
+        return trt_engine.installed_version(), None
+    trt, why = trt_engine.find_tensorrt()
+    if trt is None:
+        return None, why
+    trt_engine.check_target(job.tensorrt, trt)
+    return str(trt.__version__), None
+
+
 def _tensorrt_engine(job: Job, prepared: PreparedModel, cal: Calibration, stage: Path, excluded: list[str],
-                     progress: Progress) -> dict:
+                     progress: Progress, why_not: str | None) -> dict:
+    batch_sizes = [b for _, b in job.batch_sizes()]
+    if why_not is not None:
+        engine = trt_engine.not_built(job.tensorrt, prepared.inputs, batch_sizes, job.build_command, why_not)
+        progress.note(f"{engine['reason']}; on a GPU machine: {engine['build_on_gpu']['trtq']}")
+        return engine
     spec = job.calibration
 
     def calibration_feeds():
@@ -73,8 +91,7 @@ def _tensorrt_engine(job: Job, prepared: PreparedModel, cal: Calibration, stage:
         for batch in batches(src, prepared.inputs, spec.batch_size, "calibration", spec.skip, spec.max_samples):
             yield batch.feeds
 
-    engine = trt_engine.build_plan(job.tensorrt, job.calibrator, [b for _, b in job.batch_sizes()], stage,
-                                   prepared.model, cal.ranges, prepared.inputs, calibration_feeds, excluded, progress)
+    engine = trt_engine.build_plan(job.tensorrt, job.calibrator, batch_sizes, stage, prepared.model, cal.ranges, prepared.inputs, calibration_feeds, excluded, progress)
     if job.evaluation is None:  # with an evaluation, the inspector runs after it
         engine["inspection"] = trt_engine.inspect_plan(stage / engine["path"], prepared.inputs, engine)
     return engine
@@ -97,6 +114,11 @@ def _ort_engine(job: Job, prepared: PreparedModel, cal: Calibration, means, stag
 def evaluate_build(job: Job, prepared: PreparedModel, folder: Path, engine: dict, qdq: onnx.ModelProto,
                    progress: Progress) -> Evaluation:
     """Evaluate the engine in ``folder`` (``qdq``: the Q/DQ model the per-layer analysis runs)."""
+    if engine["kind"] == "tensorrt" and not engine.get("built", True):
+        # no plan here: the Q/DQ model itself, unfused (DQ → FP32 op), i.e. the arithmetic the
+        # engine implements; its CPU latency says nothing about TensorRT's, so none is measured
+        qdq_runner = Runner(session(qdq, threads=job.evaluation.latency.threads, optimize=False))
+        return evaluate(prepared, job.evaluation, qdq, qdq_runner, progress, measure_latency=False)
     if engine["kind"] == "tensorrt":
         return evaluate_tensorrt(prepared, job.evaluation, job.tensorrt, [b for _, b in job.batch_sizes()], qdq,
                                  folder, engine, progress)
@@ -110,12 +132,7 @@ def build(job: Job, out_root: Path | None = None, progress: Progress | None = No
     shards (``calibration.shards``): by default one after another in this process."""
     progress = progress or Progress()
     q = job.quantization
-    if q.target == "tensorrt":
-        trt = trt_engine.require_tensorrt()
-        trt_engine.check_target(job.tensorrt, trt)
-        trt_version = str(trt.__version__)
-    else:
-        trt_version = trt_engine.installed_version()
+    trt_version, why_not = _tensorrt_here(job)
     prepared = prepare_job(job)
     open_source(job.calibration, prepared.inputs, "calibration")  # bad data fails before any work
     if job.evaluation is not None:
@@ -138,7 +155,7 @@ def build(job: Job, out_root: Path | None = None, progress: Progress | None = No
             trt_qdq = cast_nodes_fp16(trt_qdq, excluded)
         onnx.save(trt_qdq, str(stage / QDQ_MODEL))
         if q.target == "tensorrt":
-            engine, eval_qdq = _tensorrt_engine(job, prepared, cal, stage, excluded, progress), trt_qdq
+            engine, eval_qdq = _tensorrt_engine(job, prepared, cal, stage, excluded, progress, why_not), trt_qdq
         else:
             engine, eval_qdq = _ort_engine(job, prepared, cal, means, stage, cpu, progress)
         quantization = {"target": q.target, "quantized_nodes": len(prepared.plan.nodes),
