@@ -18,6 +18,19 @@ from trtq.runtime.onnxruntime import session
 from test_qdq import _calibrated
 
 
+X = np.random.default_rng(0).normal(size=(16, 3, 8, 8)).astype(np.float32)
+
+
+def _tiny_pair(excluded):
+    """The tiny model's TensorRT Q/DQ graph with ``excluded`` kept out of INT8: FP32-kept, FP16-cast."""
+    model = tiny_model()
+    name_nodes(model)
+    _, ranges = _calibrated(model, X)
+    fp32, half = _both(model, plan_quantization(model, exclude_nodes=excluded), ranges, excluded)
+    onnx.checker.check_model(half, full_check=True)
+    return fp32, half
+
+
 def _both(model, plan, ranges, excluded):
     fp32 = insert_qdq(model, plan, ranges, "tensorrt")
     return fp32, cast_nodes_fp16(fp32, excluded)
@@ -30,16 +43,10 @@ def _run(model, feeds):
 def test_interior_excluded_nodes_get_input_casts_and_run_in_onnxruntime():
     # convt is fed by relu_out and fc1 by flat: intermediate tensors the Q/DQ graph has no
     # value_info for; each needs Cast(FLOAT16) in front, or ORT refuses the mixed-type node
-    model = tiny_model()
-    name_nodes(model)
-    x = np.random.default_rng(0).normal(size=(16, 3, 8, 8)).astype(np.float32)
-    _, ranges = _calibrated(model, x)
-    plan = plan_quantization(model, exclude_nodes=["convt", "fc1"])
-    fp32, half = _both(model, plan, ranges, ["convt", "fc1"])
-    onnx.checker.check_model(half, full_check=True)
+    fp32, half = _tiny_pair(["convt", "fc1"])
     casts = {n.input[0] for n in half.graph.node if n.op_type == "Cast" and n.attribute[0].i == onnx.TensorProto.FLOAT16}
     assert casts == {"relu_out", "flat"}
-    got, ref = _run(half, {"input": x}), _run(fp32, {"input": x})
+    got, ref = _run(half, {"input": X}), _run(fp32, {"input": X})
     assert got.dtype == np.float32 and not np.array_equal(got, ref)
     assert sqnr_db(ref, got) > 40.0  # FP16 rounding of two layers, far below the INT8 noise
 
@@ -47,16 +54,10 @@ def test_interior_excluded_nodes_get_input_casts_and_run_in_onnxruntime():
 def test_chained_excluded_nodes_pass_fp16_along_without_a_round_trip():
     # fc1 feeds fc2: fc2 reads fc1's FP16 output directly (a second Cast to the same name was a
     # duplicate definition ONNX Runtime refused)
-    model = tiny_model()
-    name_nodes(model)
-    x = np.random.default_rng(0).normal(size=(16, 3, 8, 8)).astype(np.float32)
-    _, ranges = _calibrated(model, x)
-    plan = plan_quantization(model, exclude_nodes=["fc1", "fc2"])
-    fp32, half = _both(model, plan, ranges, ["fc1", "fc2"])
-    onnx.checker.check_model(half, full_check=True)
+    fp32, half = _tiny_pair(["fc1", "fc2"])
     fc2 = next(n for n in half.graph.node if n.name == "fc2")
     assert fc2.input[0] == "fc1_out__fp16"
-    assert sqnr_db(_run(fp32, {"input": x}), _run(half, {"input": x})) > 40.0
+    assert sqnr_db(_run(fp32, {"input": X}), _run(half, {"input": X})) > 40.0
 
 
 def test_efficientnet_interior_layers_in_fp16_lose_under_half_a_db_against_fp32_kept():
