@@ -92,6 +92,6 @@ def test_real_tensorrt_10_lines_bare_zero_and_infinity_decode_bit_exactly():
     assert c.scales["/Sub_output_0"] == 0.0
     assert c.scales["/Exp_output_0"] == float("inf")
     assert c.scales["tiny"] == struct.unpack("!f", bytes.fromhex("00000001"))[0]  # smallest denormal
-    for name, value in c.scales.items():  # written back as 8 digits, the same bits
+    for value in c.scales.values():  # written back as 8 digits, the same bits
         assert cache.decode_scale(cache.encode_scale(value)) == value
     assert cache.dumps(c).splitlines()[1] == "ONNXTRT_Broadcast_1855_output: 00000000"

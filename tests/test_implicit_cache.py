@@ -5,8 +5,8 @@ zero-point" and runs those layers outside INT8). The Q/DQ placement does not cha
 
 import onnx
 import pytest
-
 from conftest import need_shared, write_job
+
 from trtq.calib import cache as trt_cache
 from trtq.calib.calibrate import calibrate
 from trtq.job import load_job

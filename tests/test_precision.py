@@ -3,20 +3,18 @@ the excluded node sits, and runs in ONNX Runtime close to the FP32-kept Q/DQ gra
 
 import numpy as np
 import onnx
-import pytest
-
 from conftest import ROOT, need_shared, tiny_model
+from test_qdq import _calibrated
+
 from trtq.calib.calibrate import calibrate
+from trtq.data.sources import batches, open_source
 from trtq.evaluation.metrics import sqnr_db
 from trtq.job import load_job
-from trtq.data.sources import batches, open_source
 from trtq.model.plan import name_nodes, plan_quantization
 from trtq.pipeline.build import prepare_job
 from trtq.quant.precision import cast_nodes_fp16
 from trtq.quant.qdq import insert_qdq
 from trtq.runtime.onnxruntime import session
-from test_qdq import _calibrated
-
 
 X = np.random.default_rng(0).normal(size=(16, 3, 8, 8)).astype(np.float32)
 
@@ -44,7 +42,8 @@ def test_interior_excluded_nodes_get_input_casts_and_run_in_onnxruntime():
     # convt is fed by relu_out and fc1 by flat: intermediate tensors the Q/DQ graph has no
     # value_info for; each needs Cast(FLOAT16) in front, or ORT refuses the mixed-type node
     fp32, half = _tiny_pair(["convt", "fc1"])
-    casts = {n.input[0] for n in half.graph.node if n.op_type == "Cast" and n.attribute[0].i == onnx.TensorProto.FLOAT16}
+    to_half = onnx.TensorProto.FLOAT16
+    casts = {n.input[0] for n in half.graph.node if n.op_type == "Cast" and n.attribute[0].i == to_half}
     assert casts == {"relu_out", "flat"}
     got, ref = _run(half, {"input": X}), _run(fp32, {"input": X})
     assert got.dtype == np.float32 and not np.array_equal(got, ref)

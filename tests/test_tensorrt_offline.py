@@ -6,8 +6,8 @@ import json
 
 import onnx
 import pytest
-
 from conftest import write_job
+
 from trtq.calib import cache as trt_cache
 
 TINY_TENSORS = {"input", "conv_out", "relu_out", "convt_out", "gap", "flat", "fc1_out", "fc2_out", "output"}

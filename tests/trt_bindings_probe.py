@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 import tensorrt as trt
-
 import trt_surface as surface
+
 from trtq.trt import builder as trt_builder
 from trtq.trt.feeder import CalibrationFeeder, FeedSpec, HostAllocator
 
@@ -55,7 +55,7 @@ def overloads() -> dict[str, list[list[tuple[str, bool]]]]:
         for name, attr in vars(cls).items():
             doc = getattr(attr, "__doc__", None) or ""
             key = cls.__name__ if name == "__init__" else name
-            for m in re.finditer(rf"^(?:\d+\. )?{re.escape(name)}\((.*)\) -> ", doc, re.M):
+            for m in re.finditer(rf"^(?:\d+\. )?{re.escape(name)}\((.*)\) -> ", doc, re.MULTILINE):
                 params = _split_params(m.group(1))
                 if params and params[0].startswith("self"):
                     params = params[1:]
@@ -83,7 +83,8 @@ def check_calls(sigs: dict, sources: dict[str, str]) -> tuple[list[str], int]:
                 continue
             name, root = node.func.attr, surface._names(node.func.value)
             own = root and (root[0] in surface.OWN_BASES - {"self"} or root[0] == "self")
-            if name not in sigs or own or name in surface.OWN_ATTRS or any(isinstance(a, ast.Starred) for a in node.args):
+            starred = any(isinstance(a, ast.Starred) for a in node.args)
+            if name not in sigs or own or name in surface.OWN_ATTRS or starred:
                 continue
             checked += 1
             keywords = {k.arg for k in node.keywords}

@@ -110,7 +110,7 @@ class QuantizationSpec(_Strict):
     exclude_nodes: tuple[str, ...] = ()
     keep_precision: Literal["fp32", "fp16"] = Field("fp16", description="precision of the layers kept out of INT8 in "
                                                     "the TensorRT model (cast in the graph: strong typing); fp16 as "
-                                                    "ModelOpt, measured no loss on EfficientNet-Lite0 (docs/ARCHITECTURE.md)")
+                                                    "ModelOpt; no loss measured on EfficientNet-Lite0")
 
 
 class ProfileSpec(_Strict):

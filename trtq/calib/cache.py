@@ -57,7 +57,8 @@ def loads(text: str | bytes, source: str = "cache") -> CalibrationCache:
     for n, line in enumerate(lines[1:], start=2):
         lm = _LINE.match(line)
         if not lm:
-            raise CacheError(f"{source}:{n}: expected '<tensor name>: <hex float32 bits, 1-8 digits>', got {line[:60]!r}")
+            raise CacheError(f"{source}:{n}: expected '<tensor name>: <hex float32 bits, 1-8 digits>', "
+                             f"got {line[:60]!r}")
         cache.scales[lm.group(1)] = decode_scale(lm.group(2))
     return cache
 

@@ -91,7 +91,8 @@ def _tensorrt_engine(job: Job, prepared: PreparedModel, cal: Calibration, stage:
         for batch in batches(src, prepared.inputs, spec.batch_size, "calibration", spec.skip, spec.max_samples):
             yield batch.feeds
 
-    engine = trt_engine.build_plan(job.tensorrt, job.calibrator, batch_sizes, stage, prepared.model, cal.ranges, prepared.inputs, calibration_feeds, excluded, progress)
+    engine = trt_engine.build_plan(job.tensorrt, job.calibrator, batch_sizes, stage, prepared.model, cal.ranges,
+                                   prepared.inputs, calibration_feeds, excluded, progress)
     if job.evaluation is None:  # with an evaluation, the inspector runs after it
         engine["inspection"] = trt_engine.inspect_plan(stage / engine["path"], prepared.inputs, engine)
     return engine

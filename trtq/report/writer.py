@@ -77,19 +77,20 @@ def headline_rows(report: dict, intervals: bool = True) -> list[tuple[str, str, 
     return rows
 
 
-def not_built_lines(eng: dict) -> list[str]:
-    """What a TensorRT build without TensorRT says: the engine is not built, and how to build it."""
+def not_built_lines(eng: dict, code: str = "") -> list[str]:
+    """What a TensorRT build without TensorRT says: the engine is not built, and how to build it
+    (``code``: the quote put around each command, e.g. a backtick in Markdown)."""
     cmds = eng["build_on_gpu"]
-    return [f"{eng['reason']}; model.int8.onnx, calibration.cache and ranges.json are written and the Q/DQ "
-            "model was evaluated in ONNX Runtime (no latency: its CPU speed says nothing about TensorRT's)",
-            f"build the plan on a GPU machine with TensorRT: {cmds['trtq']}",
-            f"or, in this build folder: {cmds['trtexec']}"]
+    return [(f"{eng['reason']}; model.int8.onnx, calibration.cache and ranges.json are written and the Q/DQ "
+             "model was evaluated in ONNX Runtime (no latency: its CPU speed says nothing about TensorRT's)"),
+            f"build the plan on a GPU machine with TensorRT: {code}{cmds['trtq']}{code}",
+            f"or, in this build folder: {code}{cmds['trtexec']}{code}"]
 
 
 def _tensorrt_lines(report: dict, eng: dict) -> list[str]:
     if not eng.get("built", True):
-        lines = not_built_lines(eng)
-        return [f"- **{lines[0]}**", f"- {lines[1].replace(': ', ': `', 1)}`", f"- {lines[2].replace(': ', ': `', 1)}`"]
+        summary, *commands = not_built_lines(eng, "`")
+        return [f"- **{summary}**"] + [f"- {c}" for c in commands]
     gpu = eng.get("gpu", {})
     lines = [f"- engine `{eng['path']}`: TensorRT {eng['tensorrt_version']}, {eng['mode']} mode"
              f"{' (strongly typed)' if eng.get('strongly_typed') else ''}, built on {gpu.get('name', '?')} "

@@ -7,10 +7,11 @@ implicit mode on 11.x before this module is touched.
 With ``calibrator.source: trtq`` the calibrator offers trtq's cache (ranges from whichever
 method the job chose) and serves no batches: if TensorRT asks for batches anyway it rejected
 the cache (its header names another TensorRT version or algorithm), and the build stops with
-that message rather than silently using TensorRT's own ranges. trtq's cache holds every FP32 tensor of the ONNX graph; the network's tensors it still lacks
-(layers the ONNX parser adds, such as ``ONNXTRT_Broadcast_*``) are listed in
-:attr:`ImplicitSetup.without_scale` for the report. With ``source: tensorrt``
-TensorRT calibrates itself on the streamed batches and its cache is written beside the plan.
+that message rather than silently using TensorRT's own ranges. trtq's cache holds every FP32
+tensor of the ONNX graph; the network's tensors it still lacks (layers the ONNX parser adds,
+such as ``ONNXTRT_Broadcast_*``) are listed in :attr:`ImplicitSetup.without_scale` for the
+report. With ``source: tensorrt`` TensorRT calibrates itself on the streamed batches and its
+cache is written beside the plan.
 """
 
 from __future__ import annotations
