@@ -61,6 +61,6 @@ def test_implicit_build_without_tensorrt_writes_the_full_cache_and_the_int8_trte
     _, _, folder, report = _build(tiny, run_cli, tensorrt={"mode": "implicit", "workspace_mb": 512})
     assert set(trt_cache.loads((folder / "calibration.cache").read_text()).scales) == TINY_TENSORS
     assert report["engine"]["build_on_gpu"]["trtexec"] == (
-        "trtexec --onnx=<the FP32 model> --int8 --calib=calibration.cache --minShapes=input:1x3x8x8 "
+        f"trtexec --onnx={tiny['model']} --int8 --calib=calibration.cache --minShapes=input:1x3x8x8 "
         "--optShapes=input:4x3x8x8 --maxShapes=input:4x3x8x8 --memPoolSize=workspace:512M "
         "--builderOptimizationLevel=3 --saveEngine=engine.plan")

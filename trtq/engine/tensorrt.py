@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import re
+import shlex
 from pathlib import Path
 
 import numpy as np
@@ -67,9 +68,9 @@ def cache_version(calibrator: CalibratorSpec, installed: str | None) -> tuple[st
                                    "is not its own version: set calibrator.cache_version")
 
 
-def trtexec_command(spec: TensorRTSpec, inputs: list[InputSpec], batch_sizes: list[int]) -> str:
+def trtexec_command(spec: TensorRTSpec, inputs: list[InputSpec], batch_sizes: list[int], model: Path) -> str:
     """The ``trtexec`` line that builds the same engine from the build folder's files: explicit
-    mode from ``model.int8.onnx`` (strongly typed), implicit mode from the FP32 model with
+    mode from ``model.int8.onnx`` (strongly typed), implicit mode from the FP32 ``model`` with
     ``calibration.cache``; the job's profiles, workspace, optimization level, timing cache, DLA."""
     from ..trt.builder import resolve_profiles
 
@@ -79,7 +80,7 @@ def trtexec_command(spec: TensorRTSpec, inputs: list[InputSpec], batch_sizes: li
     if spec.mode == "explicit":
         args += [f"--onnx={QDQ_MODEL}", "--stronglyTyped"]
     else:
-        args += ["--onnx=<the FP32 model>", "--int8", f"--calib={CACHE}"]
+        args += [f"--onnx={shlex.quote(str(model))}", "--int8", f"--calib={CACHE}"]
     for kind in ("min", "opt", "max"):
         if profiles:
             args.append(f"--{kind}Shapes=" + ",".join(f"{name}:{'x'.join(map(str, getattr(p, kind)))}"
@@ -88,18 +89,18 @@ def trtexec_command(spec: TensorRTSpec, inputs: list[InputSpec], batch_sizes: li
         args.append(f"--memPoolSize=workspace:{spec.workspace_mb}M")
     args.append(f"--builderOptimizationLevel={spec.optimization_level}")
     if spec.timing_cache is not None:
-        args.append(f"--timingCacheFile={spec.timing_cache}")
+        args.append(f"--timingCacheFile={shlex.quote(str(spec.timing_cache))}")
     if spec.dla_core is not None:
         args += [f"--useDLACore={spec.dla_core}", "--allowGPUFallback"]
     return " ".join(args + [f"--saveEngine={PLAN}"])
 
 
-def not_built(spec: TensorRTSpec, inputs: list[InputSpec], batch_sizes: list[int], build_command: str,
+def not_built(spec: TensorRTSpec, inputs: list[InputSpec], batch_sizes: list[int], model: Path, build_command: str,
               reason: str) -> dict:
     """The report's ``engine`` section of a build that did everything but the plan: no TensorRT here."""
     return {"path": None, "kind": "tensorrt", "built": False, "mode": spec.mode,
             "reason": f"engine not built here: {reason}",
-            "build_on_gpu": {"trtq": build_command, "trtexec": trtexec_command(spec, inputs, batch_sizes)}}
+            "build_on_gpu": {"trtq": build_command, "trtexec": trtexec_command(spec, inputs, batch_sizes, model)}}
 
 
 def version_number(version: str) -> str:

@@ -81,7 +81,8 @@ def _tensorrt_engine(job: Job, prepared: PreparedModel, cal: Calibration, stage:
                      progress: Progress, why_not: str | None) -> dict:
     batch_sizes = [b for _, b in job.batch_sizes()]
     if why_not is not None:
-        engine = trt_engine.not_built(job.tensorrt, prepared.inputs, batch_sizes, job.build_command, why_not)
+        engine = trt_engine.not_built(job.tensorrt, prepared.inputs, batch_sizes, job.model, job.build_command,
+                                      why_not)
         progress.note(f"{engine['reason']}; on a GPU machine: {engine['build_on_gpu']['trtq']}")
         return engine
     spec = job.calibration
