@@ -41,7 +41,9 @@ def test_names_with_colons_and_spaces_survive():
 
 
 @pytest.mark.parametrize("text", ["", "hello\n", "TRT-8601-EntropyCalibration2\ninput 3c010a14\n",
-                                  "TRT-8601-EntropyCalibration2\ninput: 3c01\n"])
+                                  "TRT-8601-EntropyCalibration2\ninput: 3c01zz\n",
+                                  "TRT-8601-EntropyCalibration2\ninput: 3c010a14f\n",
+                                  "TRT-8601-EntropyCalibration2\ninput: \n"])
 def test_malformed_caches_are_clear_errors(text):
     with pytest.raises(CacheError):
         cache.loads(text, "x.cache")
@@ -72,3 +74,24 @@ def test_real_tensorrt_8_cache_decodes_raw_pixel_input_range():
     assert c.amax()["x"] == pytest.approx(255.06, abs=0.01)
     assert c.scales["/conv1/Conv_output_0"] == pytest.approx(1 + 0x1DB09C / 2**23, rel=1e-7)
     assert cache.dumps(c) == text
+
+
+def test_real_tensorrt_10_lines_bare_zero_and_infinity_decode_bit_exactly():
+    # TensorRT prints the bits as a plain hex number: a zero scale is a bare "0" (these two lines
+    # are from caches written by TensorRT 10.9 and 10.13.3), +inf is 7f800000, and a denormal
+    # loses its leading zeros.
+    text = ("TRT-100900-EntropyCalibration2\n"
+            "ONNXTRT_Broadcast_1855_output: 0\n"
+            "/Sub_output_0: 0\n"
+            "/conv/Conv_output_0: 3c010a14\n"
+            "/Exp_output_0: 7f800000\n"
+            "tiny: 1\n")
+    c = cache.loads(text, "trt10.cache")
+    assert c.version == "100900" and len(c.scales) == 5
+    assert c.scales["ONNXTRT_Broadcast_1855_output"] == 0.0
+    assert c.scales["/Sub_output_0"] == 0.0
+    assert c.scales["/Exp_output_0"] == float("inf")
+    assert c.scales["tiny"] == struct.unpack("!f", bytes.fromhex("00000001"))[0]  # smallest denormal
+    for value in c.scales.values():  # written back as 8 digits, the same bits
+        assert cache.decode_scale(cache.encode_scale(value)) == value
+    assert cache.dumps(c).splitlines()[1] == "ONNXTRT_Broadcast_1855_output: 00000000"

@@ -160,17 +160,6 @@ def test_failed_first_build_leaves_no_output(tiny, run_cli, monkeypatch):
     _assert_clean_error(code, err, "interrupted", out_dir=tiny["dir"] / "out")
 
 
-def test_tensorrt_target_without_tensorrt(tiny, run_cli):
-    pytest.importorskip("onnx")
-    try:
-        import tensorrt  # noqa: F401
-        pytest.skip("TensorRT is installed here")
-    except ImportError:
-        pass
-    code, _, err = run_cli("build", _job(tiny, quantization={"target": "tensorrt"}))
-    _assert_clean_error(code, err, "tensorrt", "trtq[tensorrt]", "target: onnxruntime", out_dir=tiny["dir"] / "out")
-
-
 def test_fixed_batch_model_with_another_batch_size(tiny, run_cli):
     import onnx
 

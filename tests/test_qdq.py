@@ -147,6 +147,39 @@ def test_residual_add_and_pool_placement_per_flavour():
         assert sum(n.op_type == "QuantizeLinear" and n.input[0] == "r" for n in q.graph.node) == 1
 
 
+def _tail_model(tail: str):
+    """residual_model with ``tail`` (BatchNormalization or Relu) between Conv(b) and the Add."""
+    model = residual_model()
+    g = model.graph
+    b = next(n for n in g.node if n.name == "b")
+    b.output[0] = "b_conv"
+    extra = []
+    if tail == "BatchNormalization":
+        for k, v in {"bn.s": 1.5, "bn.b": 0.1, "bn.m": 0.2, "bn.v": 2.0}.items():
+            g.initializer.append(numpy_helper.from_array(np.full(4, v, np.float32), k))
+        extra = ["bn.s", "bn.b", "bn.m", "bn.v"]
+    tail_node = onnx.helper.make_node(tail, ["b_conv", *extra], ["b_out"], name="tail")
+    nodes = list(g.node)
+    nodes.insert(nodes.index(b) + 1, tail_node)
+    del g.node[:]
+    g.node.extend(nodes)
+    onnx.checker.check_model(model)
+    return model
+
+
+@pytest.mark.parametrize("tail", ["BatchNormalization", "Relu"])
+def test_residual_add_behind_batchnorm_or_relu_is_placed_like_a_direct_one(tail):
+    # Conv → BN → Add (unfolded BN, as in Paddle exports) and Conv → Relu → Add close a weighted
+    # branch too: TensorRT quantizes the skip only, ONNX Runtime both inputs
+    model = _tail_model(tail)
+    plan = plan_quantization(model)
+    assert [(a.node, a.main, a.skip) for a in plan.adds] == [("add", "b_out", "r")]
+    ranges = {t: Range.symmetric(4.0) for t in plan.activations}
+    for flavor, quantized in (("tensorrt", {"r_dequantized"}), ("onnxruntime", {"r_dequantized", "b_out_dequantized"})):
+        add = next(n for n in insert_qdq(model, plan, ranges, flavor).graph.node if n.name == "add")
+        assert {i for i in add.input if i.endswith("_dequantized")} == quantized, flavor
+
+
 def test_excluding_add_keeps_residual_adds_fp32():
     plan = plan_quantization(residual_model(), exclude_ops=("Add", "GlobalAveragePool"))
     assert plan.adds == [] and plan.pools == []

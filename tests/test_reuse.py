@@ -3,6 +3,8 @@
 import json
 
 import numpy as np
+import onnx
+from onnx import numpy_helper
 
 from conftest import write_job
 
@@ -100,3 +102,23 @@ def test_from_qdq_refuses_the_affine_onnxruntime_flavour(tiny, run_cli):
     assert run_cli("build", tiny["job_path"], "-q")[0] == 0
     code, _, err = run_cli("cache", "from-qdq", tiny["dir"] / "out" / "tiny" / "engine.ort.onnx")
     assert code == 2 and ("non-zero zero point" in err or "no activation QuantizeLinear" in err)
+
+
+def test_to_qdq_reads_bare_zero_scales_and_refuses_infinite_ones(tiny, run_cli, tmp_path):
+    # TensorRT 10 writes a zero scale as a bare "0" (zero range → amax 1, as trtq's own zero ranges);
+    # a +inf scale (7f800000) cannot become a Q/DQ scale: one line naming the tensor, no file
+    assert run_cli("build", tiny["job_path"], "-q")[0] == 0
+    lines = (tiny["dir"] / "out" / "tiny" / "calibration.cache").read_text().splitlines()
+    zero = [ln if not ln.startswith("relu_out:") else "relu_out: 0" for ln in lines]
+    (tmp_path / "zero.cache").write_text("\n".join(zero) + "\n")
+    code, _, err = run_cli("cache", "to-qdq", tiny["model"], tmp_path / "zero.cache", "-o", tmp_path / "z.onnx")
+    assert code == 0, err
+    scales = {i.name: i for i in onnx.load(tmp_path / "z.onnx").graph.initializer}
+    assert float(numpy_helper.to_array(scales["relu_out_scale"])) == np.float32(1 / 127)
+    inf = [ln if not ln.startswith("flat:") else "flat: 7f800000" for ln in lines]
+    (tmp_path / "inf.cache").write_text("\n".join(inf) + "\n")
+    code, _, err = run_cli("cache", "to-qdq", tiny["model"], tmp_path / "inf.cache", "-o", tmp_path / "i.onnx")
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "'flat' is inf" in err and not (tmp_path / "i.onnx").exists()
+    code, out, err = run_cli("cache", "show", tmp_path / "inf.cache")
+    assert code == 0 and "inf" in out

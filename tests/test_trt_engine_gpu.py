@@ -18,7 +18,8 @@ pytestmark = pytest.mark.gpu
 
 @pytest.fixture(scope="module")
 def trt():
-    trt = pytest.importorskip("tensorrt", reason="TensorRT is not installed (pip install 'trtq[tensorrt]' on a GPU machine)")
+    trt = pytest.importorskip("tensorrt", reason="TensorRT is not installed (pip install 'trtq[tensorrt-cu12]' or "
+                                                 "'trtq[tensorrt-cu13]' on a GPU machine)")
     from trtq.trt.cuda import cuda_runtime
 
     try:

@@ -179,7 +179,7 @@ def test_doctor_reports_what_this_machine_allows(run_cli):
     assert "CPUExecutionProvider" in facts["onnxruntime_providers"]
     assert facts["allows"][0].startswith("target: onnxruntime")
     if facts["tensorrt"] is None:
-        assert "trtq[tensorrt]" in facts["tensorrt_error"] and len(facts["allows"]) == 1
+        assert "trtq[tensorrt-cu12]" in facts["tensorrt_error"] and len(facts["allows"]) == 1
     if facts["gpu"] is None:
         assert facts["gpu_error"] and "\n" not in facts["gpu_error"]
 
@@ -201,7 +201,7 @@ def test_tensorrt_target_hands_the_engine_stage_the_jobs_pieces(tiny, monkeypatc
         (stage / "engine.plan").write_bytes(b"plan")
         return {"path": "engine.plan", "kind": "tensorrt", "tensorrt_version": "10.16.1.11", "mode": "explicit"}
 
-    monkeypatch.setattr(trt_engine, "require_tensorrt", lambda: types.SimpleNamespace(__version__="10.16.1.11"))
+    monkeypatch.setattr(trt_engine, "find_tensorrt", lambda: (types.SimpleNamespace(__version__="10.16.1.11"), None))
     monkeypatch.setattr(trt_engine, "build_plan", fake_build_plan)
     monkeypatch.setattr(trt_engine, "inspect_plan", lambda plan, inputs, engine: {"detailed": False})
     job = {**tiny["job"], "quantization": {"target": "tensorrt", "exclude_nodes": ["conv"], "keep_precision": "fp16"},
@@ -216,3 +216,53 @@ def test_tensorrt_target_hands_the_engine_stage_the_jobs_pieces(tiny, monkeypatc
     assert q["excluded"] == [["conv", "excluded by the job"]] and q["excluded_precision"] == "fp16"
     assert result.report["engine"]["inspection"] == {"detailed": False}
     assert "kept out of INT8 (in FP16): `conv`" in (result.out_dir / "report.md").read_text()
+
+
+def test_cache_header_version_comes_from_the_job_else_the_installed_tensorrt_else_8601(tmp_path):
+    from trtq.job import CalibratorSpec
+
+    assert trt_backend.cache_version(CalibratorSpec(cache_version="8601"), "10.16.1.11") == \
+        ("8601", "calibrator.cache_version")
+    assert trt_backend.cache_version(CalibratorSpec(), "10.3.0.26") == ("100300", "TensorRT 10.3.0.26 installed here")
+    version, origin = trt_backend.cache_version(CalibratorSpec(), None)
+    assert version == "8601" and "no TensorRT here" in origin and "set calibrator.cache_version" in origin
+
+
+def test_build_states_the_cache_header_and_takes_the_installed_tensorrts(tiny, run_cli, monkeypatch):
+    import trtq.engine.tensorrt as trt_engine
+
+    code, out, err = run_cli("build", tiny["job_path"], "-q")
+    assert code == 0, err
+    folder = tiny["dir"] / "out" / "tiny"
+    assert (folder / "calibration.cache").read_text().startswith("TRT-8601-EntropyCalibration2\n")
+    report = json.loads((folder / "report.json").read_text())
+    assert report["calibration"]["cache_header"]["header"] == "TRT-8601-EntropyCalibration2"
+    assert "no TensorRT here" in report["calibration"]["cache_header"]["from"]
+    assert "calibration.cache header TRT-8601-EntropyCalibration2: trtq's default; no TensorRT here" in out
+    assert "header `TRT-8601-EntropyCalibration2` (trtq's default" in (folder / "report.md").read_text()
+    monkeypatch.setattr(trt_engine, "installed_version", lambda: "10.16.1.11")
+    assert run_cli("build", tiny["job_path"], "-q")[0] == 0
+    assert (folder / "calibration.cache").read_text().startswith("TRT-101601-EntropyCalibration2\n")
+
+
+@pytest.mark.parametrize("version, refused", [("10.7.0.23", False), ("10.8.0.43", True), ("10.16.1.11", True),
+                                              ("11.0.0.114", True), ("11.4.0.106", False)])
+def test_dla_core_is_refused_where_tensorrt_has_no_dla(tmp_path, version, refused):
+    # NVIDIA's "Working with DLA" (11.3/11.4 docs): 10.7 was the last 10.x release with DLA,
+    # 11.0-11.3 have none, 11.4 brings it back on some platforms
+    job = _job(tmp_path, quantization={"target": "tensorrt"}, tensorrt={"dla_core": 0})
+    if not refused:
+        trt_backend.check_target(job.tensorrt, types.SimpleNamespace(__version__=version))
+        return
+    with pytest.raises(JobError, match=rf"tensorrt.dla_core: TensorRT {version} has no DLA support"):
+        trt_backend.check_target(job.tensorrt, types.SimpleNamespace(__version__=version))
+
+
+def test_strong_typing_is_read_from_the_version_not_probed():
+    from trtq.trt.builder import has_strong_typing, network_flags
+
+    # only __version__ is read: an object without NetworkDefinitionCreationFlag would fail a probe
+    assert not has_strong_typing(types.SimpleNamespace(__version__="8.6.1.6"))
+    assert has_strong_typing(types.SimpleNamespace(__version__="10.0.1"))
+    # 11.x: every network is strongly typed and STRONGLY_TYPED is deprecated, ignored: no flag
+    assert network_flags(types.SimpleNamespace(__version__="11.4.0.106"), strongly_typed=True) == 0

@@ -45,6 +45,8 @@ def _print_summary(result, rows, verb: str = "build") -> None:
     for col in ("metric", "FP32", "INT8", "change"):
         table.add_column(col, justify="left" if col == "metric" else "right")
     table.add_row("calibration", "", f"{cal['method']['method']}, {cal['samples']} samples", f"{cal['seconds']:.1f} s")
+    if cal.get("cache_header"):
+        table.add_row("cache header", "", cal["cache_header"]["header"], "")
     kernels = rep.get("engine", {}).get("kernels")
     if kernels:
         table.add_row("INT8/FP32 kernels", "", f"{kernels['int8_weighted']} / {kernels['fp32_weighted']}", "")
@@ -52,6 +54,14 @@ def _print_summary(result, rows, verb: str = "build") -> None:
         table.add_row(*row)
     out.print(table)
     out.print("artifacts: " + ", ".join(rep["artifacts"]))
+    if cal.get("cache_header"):
+        out.print(f"calibration.cache header {cal['cache_header']['header']}: {cal['cache_header']['from']}",
+                  soft_wrap=True)
+    if rep.get("engine", {}).get("built") is False:
+        from .report.writer import not_built_lines
+
+        for line in not_built_lines(rep["engine"]):
+            out.print(line, soft_wrap=True, markup=False)  # commands stay on one line, to copy
 
 
 def _cmd_eval(args) -> int:
@@ -153,8 +163,14 @@ def _cmd_cache(args) -> int:
         return 0
     model = Path(args.model)
     dest = Path(args.output) if args.output else model.with_name(model.stem + ".cache")
-    info = convert.qdq_to_cache(model, dest, args.cache_version, args.algorithm)
-    out.print(f"wrote {dest}: {info['tensors']} tensors, header TRT-{args.cache_version}-{args.algorithm}")
+    version = args.cache_version
+    if version is None:
+        from .engine import tensorrt as trt_engine
+        from .job import CalibratorSpec
+
+        version = trt_engine.cache_version(CalibratorSpec(), trt_engine.installed_version())[0]
+    info = convert.qdq_to_cache(model, dest, version, args.algorithm)
+    out.print(f"wrote {dest}: {info['tensors']} tensors, header TRT-{version}-{args.algorithm}")
     return 0
 
 
@@ -205,7 +221,7 @@ def _cmd_doctor(args) -> int:
         print(json.dumps(facts, indent=2))
         return 0
     out = _console()
-    out.print = functools.partial(out.print, markup=False)  # TensorRT's hints contain 'trtq[tensorrt]'
+    out.print = functools.partial(out.print, markup=False)  # TensorRT's hints contain 'trtq[tensorrt-cu12]'
     out.print(f"onnxruntime {facts['onnxruntime']}, providers: {', '.join(facts['onnxruntime_providers'])}")
     out.print(f"TensorRT: {facts['tensorrt'] or 'not available — ' + facts['tensorrt_error']}")
     out.print(f"CUDA binding: {facts['cuda_binding'] or 'none'}")
@@ -260,7 +276,8 @@ def make_parser() -> argparse.ArgumentParser:  # long but flat: one declarative 
     fr = csub.add_parser("from-qdq", help="write the TensorRT cache of a Q/DQ model")
     fr.add_argument("model")
     fr.add_argument("-o", "--output", help="default: <model>.cache beside the model")
-    fr.add_argument("--cache-version", default="8601", help="the TensorRT version in the header (default 8601)")
+    fr.add_argument("--cache-version", help="the TensorRT version number in the header (default: the installed "
+                    "TensorRT's, else 8601)")
     fr.add_argument("--algorithm", default="EntropyCalibration2",
                     choices=["EntropyCalibration2", "EntropyCalibration", "MinMaxCalibration", "LegacyCalibration"])
     c.set_defaults(func=_cmd_cache)

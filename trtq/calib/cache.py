@@ -4,6 +4,9 @@
     input: 3c010a14
 
 Each value is the IEEE-754 float32 bit pattern, big-endian, of the *scale* ``amax / 127``.
+TensorRT prints the pattern as a plain hex number, so leading zeros are dropped: a zero scale
+is written as a bare ``0`` (seen in caches from TensorRT 10.9 and 10.13). Patterns of 1–8 hex
+digits are read; trtq always writes 8.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from ..errors import CacheError
 from .ranges import Range
 
 _HEADER = re.compile(r"^TRT-(\d+)-([A-Za-z0-9]+)$")
-_LINE = re.compile(r"^(.+): ([0-9a-fA-F]{8})$")
+_LINE = re.compile(r"^(.+): ([0-9a-fA-F]{1,8})$")
 
 
 @dataclass
@@ -33,8 +36,9 @@ def encode_scale(scale: float) -> str:
     return struct.pack("!f", scale).hex()
 
 
-def decode_scale(hex8: str) -> float:
-    return struct.unpack("!f", bytes.fromhex(hex8))[0]
+def decode_scale(digits: str) -> float:
+    """The float32 whose bit pattern is the hex number ``digits`` (1–8 digits, e.g. ``0``)."""
+    return struct.unpack("!f", bytes.fromhex(digits.rjust(8, "0")))[0]
 
 
 def dumps(cache: CalibrationCache) -> str:
@@ -53,7 +57,8 @@ def loads(text: str | bytes, source: str = "cache") -> CalibrationCache:
     for n, line in enumerate(lines[1:], start=2):
         lm = _LINE.match(line)
         if not lm:
-            raise CacheError(f"{source}:{n}: expected '<tensor name>: <8 hex digits>', got {line[:60]!r}")
+            raise CacheError(f"{source}:{n}: expected '<tensor name>: <hex float32 bits, 1-8 digits>', "
+                             f"got {line[:60]!r}")
         cache.scales[lm.group(1)] = decode_scale(lm.group(2))
     return cache
 

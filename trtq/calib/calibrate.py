@@ -57,7 +57,7 @@ def collect_statistics(prepared: PreparedModel, spec: DataSpec, progress: Progre
                        shard_map: shards.ShardMap | None = None) -> tuple[dict[str, TensorStats], dict]:
     """Run the FP32 model over the calibration data; one pass per tensor group (per shard)."""
     plan = prepared.plan
-    groups = group_tensors(prepared.model, plan.activations, spec.batch_size, spec.memory_budget_mb << 20)
+    groups = group_tensors(prepared.model, plan.calibrated, spec.batch_size, spec.memory_budget_mb << 20)
     axes = plan.channel_axes()
     if spec.shards > 1:
         return _collect_sharded(prepared, spec, groups, axes, progress, shard_map or shards.local_map)
@@ -83,7 +83,7 @@ def calibrate(prepared: PreparedModel, spec: DataSpec, calibrator: CalibratorSpe
                      None if i.constant is None else i.constant.tolist()] for i in prepared.inputs]
         if prepared.equalized:  # the equalized model's values differ from the file's
             feeding.append({t: hashlib.sha256(s.tobytes()).hexdigest() for t, s in sorted(prepared.equalized.items())})
-        key = stats_store.stats_key(prepared.sha256, prepared.plan.activations, spec.model_dump(mode="json"),
+        key = stats_store.stats_key(prepared.sha256, prepared.plan.calibrated, spec.model_dump(mode="json"),
                                     source.files, feeding)
     stored = stats_store.load(store_root, key) if (reuse and key) else None
     if stored is not None:

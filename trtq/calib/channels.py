@@ -229,5 +229,7 @@ def with_scales(prepared: PreparedModel, scales: dict[str, np.ndarray], exclude_
     """``prepared`` with ``scales`` applied (``trtq eval`` re-applies a build's), re-planned: the
     same nodes and tensors, new weight initializers."""
     model = equalize.apply(prepared.model, scales)
-    return PreparedModel(prepared.path, model, prepared.inputs, plan_quantization(model, exclude_ops, exclude_nodes),
-                         prepared.folded, {t: np.asarray(s, np.float64) for t, s in scales.items()})
+    plan = plan_quantization(model, exclude_ops, exclude_nodes)
+    plan.cache_only = list(prepared.plan.cache_only)
+    return PreparedModel(prepared.path, model, prepared.inputs, plan, prepared.folded,
+                         {t: np.asarray(s, np.float64) for t, s in scales.items()})

@@ -6,31 +6,101 @@ only, so trtq imports and runs on machines without them.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import re
+import shlex
 from pathlib import Path
 
 import numpy as np
 import onnx
 
-from ..artifacts import FP32_TMP, PLAN, QDQ_MODEL, TRT_CACHE
+from ..artifacts import CACHE, FP32_TMP, PLAN, QDQ_MODEL, TRT_CACHE
 from ..calib.cache import cache_text
 from ..calib.ranges import Range
 from ..errors import BackendError, JobError
 from ..job import CalibratorSpec, TensorRTSpec
 from ..model.load import InputSpec
 
-INSTALL_HINT = ("install the GPU extra on a machine with an NVIDIA GPU (pip install 'trtq[tensorrt]'), "
-                "or set quantization.target: onnxruntime to build the CPU engine")
+INSTALL_HINT = ("install the GPU extra for the driver's CUDA on a machine with an NVIDIA GPU (pip install "
+                "'trtq[tensorrt-cu12]', or 'trtq[tensorrt-cu13]' with a CUDA 13 / R580+ driver), or set "
+                "quantization.target: onnxruntime to build the CPU engine")
+
+
+def find_tensorrt():
+    """``(tensorrt module, None)``, or ``(None, why)`` where TensorRT does not import here."""
+    try:
+        return importlib.import_module("tensorrt"), None
+    except ImportError:
+        return None, "TensorRT is not installed on this machine"
+    except OSError as exc:  # the bindings import but TensorRT's libraries do not load
+        return None, f"TensorRT's libraries do not load ({str(exc).splitlines()[0]})"
 
 
 def require_tensorrt():
     """Return the ``tensorrt`` module or raise a one-line error saying what to do."""
+    trt, why = find_tensorrt()
+    if trt is None:
+        raise BackendError(f"quantization.target: tensorrt needs TensorRT here: {why}; {INSTALL_HINT}")
+    return trt
+
+
+DEFAULT_CACHE_VERSION = "8601"  # calibrator.cache_version's default where no TensorRT is installed
+
+
+def installed_version() -> str | None:
+    """``tensorrt.__version__`` where TensorRT imports on this machine, else None."""
+    if importlib.util.find_spec("tensorrt") is None:
+        return None
     try:
-        return importlib.import_module("tensorrt")
-    except ImportError:
-        raise BackendError(f"quantization.target: tensorrt needs TensorRT, which is not installed; {INSTALL_HINT}") from None
-    except OSError as exc:  # the bindings import but TensorRT's libraries do not load
-        raise BackendError(f"TensorRT's libraries do not load ({str(exc).splitlines()[0]}); {INSTALL_HINT}") from None
+        return str(importlib.import_module("tensorrt").__version__)
+    except (ImportError, OSError):
+        return None
+
+
+def cache_version(calibrator: CalibratorSpec, installed: str | None) -> tuple[str, str]:
+    """The cache header's version number and where it came from: the job's
+    ``calibrator.cache_version``, else the installed TensorRT's, else trtq's default (8601)."""
+    if "cache_version" in calibrator.model_fields_set:
+        return calibrator.cache_version, "calibrator.cache_version"
+    if installed is not None:
+        return version_number(installed), f"TensorRT {installed} installed here"
+    return DEFAULT_CACHE_VERSION, ("trtq's default; no TensorRT here, and TensorRT ignores a cache whose header "
+                                   "is not its own version: set calibrator.cache_version")
+
+
+def trtexec_command(spec: TensorRTSpec, inputs: list[InputSpec], batch_sizes: list[int], model: Path) -> str:
+    """The ``trtexec`` line that builds the same engine from the build folder's files: explicit
+    mode from ``model.int8.onnx`` (strongly typed), implicit mode from the FP32 ``model`` with
+    ``calibration.cache``; the job's profiles, workspace, optimization level, timing cache, DLA."""
+    from ..trt.builder import resolve_profiles
+
+    shapes = {i.name: tuple(-1 if d is None else d for d in i.shape) for i in inputs}
+    profiles = resolve_profiles(shapes, _options(spec).profiles, batch_sizes)
+    args = ["trtexec"]
+    if spec.mode == "explicit":
+        args += [f"--onnx={QDQ_MODEL}", "--stronglyTyped"]
+    else:
+        args += [f"--onnx={shlex.quote(str(model))}", "--int8", f"--calib={CACHE}"]
+    for kind in ("min", "opt", "max"):
+        if profiles:
+            args.append(f"--{kind}Shapes=" + ",".join(f"{name}:{'x'.join(map(str, getattr(p, kind)))}"
+                                                       for name, p in profiles.items()))
+    if spec.workspace_mb:
+        args.append(f"--memPoolSize=workspace:{spec.workspace_mb}M")
+    args.append(f"--builderOptimizationLevel={spec.optimization_level}")
+    if spec.timing_cache is not None:
+        args.append(f"--timingCacheFile={shlex.quote(str(spec.timing_cache))}")
+    if spec.dla_core is not None:
+        args += [f"--useDLACore={spec.dla_core}", "--allowGPUFallback"]
+    return " ".join(args + [f"--saveEngine={PLAN}"])
+
+
+def not_built(spec: TensorRTSpec, inputs: list[InputSpec], batch_sizes: list[int], model: Path, build_command: str,
+              reason: str) -> dict:
+    """The report's ``engine`` section of a build that did everything but the plan: no TensorRT here."""
+    return {"path": None, "kind": "tensorrt", "built": False, "mode": spec.mode,
+            "reason": f"engine not built here: {reason}",
+            "build_on_gpu": {"trtq": build_command, "trtexec": trtexec_command(spec, inputs, batch_sizes, model)}}
 
 
 def version_number(version: str) -> str:
@@ -46,15 +116,18 @@ def version_number(version: str) -> str:
 
 def check_target(spec: TensorRTSpec, trt) -> None:
     """Refuse what this TensorRT cannot do with the job's ``tensorrt`` section, before any work."""
-    from ..trt.builder import major_version
+    from ..trt.builder import version_tuple
 
-    version = tuple(int(p) for p in re.findall(r"\d+", str(trt.__version__))[:2])
+    version = version_tuple(trt.__version__)
     if version < (8, 6):
         raise BackendError(f"TensorRT {trt.__version__}: trtq builds engines with TensorRT 8.6 or newer "
                            "(10.x or 11.x recommended); upgrade TensorRT")
-    if spec.mode == "implicit" and major_version(trt) >= 11:
+    if spec.mode == "implicit" and version[0] >= 11:
         raise JobError(f"tensorrt.mode: implicit needs TensorRT 10.x or older; TensorRT {trt.__version__} removed "
                        "implicit INT8 (calibrators, BuilderFlag.INT8) — use mode: explicit (the Q/DQ model)")
+    if spec.dla_core is not None and (10, 8) <= version < (11, 4):
+        raise JobError(f"tensorrt.dla_core: TensorRT {trt.__version__} has no DLA support (10.7 was the last 10.x "
+                       "release with DLA; 11.0-11.3 have none); remove dla_core or use TensorRT 10.7 or 11.4+")
 
 
 def _options(t: TensorRTSpec):
@@ -117,7 +190,7 @@ def build_plan(spec: TensorRTSpec, calibrator: CalibratorSpec, batch_sizes: list
         cal = calibrator
         kind = "minmax" if cal.method == "minmax" else "entropy"
         algorithm = CACHE_ALGORITHM[kind]
-        version = cal.cache_version if "cache_version" in cal.model_fields_set else version_number(trt.__version__)
+        version = cache_version(cal, str(trt.__version__))[0]
         specs = calibration_specs(spec, batch_sizes[0], inputs)
         if cal.source == "trtq":
             cache = cache_text(ranges, version, algorithm)
@@ -126,7 +199,7 @@ def build_plan(spec: TensorRTSpec, calibrator: CalibratorSpec, batch_sizes: list
             feeder = CalibrationFeeder(full_batches(calibration_batches(), specs[0].shape[0], dropped), specs,
                                        DeviceAllocator(rt), cache_out=stage / TRT_CACHE)
         implicit = ImplicitSetup(feeder, kind, {s.name: s.shape for s in specs}, tuple(excluded),
-                                 f"TRT-{version}-{algorithm}")
+                                 f"TRT-{version}-{algorithm}", frozenset(ranges))
     try:
         with progress.task(f"building TensorRT engine ({spec.mode})", None):
             data, facts = build_serialized(trt, onnx_path, options, batch_sizes, implicit)
@@ -139,6 +212,12 @@ def build_plan(spec: TensorRTSpec, calibrator: CalibratorSpec, batch_sizes: list
     if implicit is not None:
         engine["calibration"] = {"source": calibrator.source, "cache_header": implicit.cache_header,
                                  "batches": implicit.feeder.batches_served, "dropped_samples": sum(dropped)}
+        if calibrator.source == "trtq":
+            missing = implicit.without_scale
+            engine["calibration"]["tensors_without_scale"] = {"count": len(missing), "first": missing[:10]}
+            if missing:
+                progress.note(f"TensorRT network tensors without a scale in trtq's cache: {len(missing)} (first: "
+                              f"{', '.join(missing[:3])}); they run in a non-INT8 kernel")
     return engine
 
 

@@ -50,13 +50,13 @@ class Evaluation:
 
 
 def evaluate(prepared: PreparedModel, spec: EvaluationSpec, qdq_model: onnx.ModelProto, int8: Callable,
-             progress: Progress, timer: Timer | None = None) -> Evaluation:
+             progress: Progress, timer: Timer | None = None, measure_latency: bool = True) -> Evaluation:
     """INT8 against FP32 on ``spec``'s data: accuracy and fidelity, per-layer error, latency.
 
     ``int8`` runs the INT8 engine (``int8(feeds, names)`` → outputs); accuracy compares it with
     the FP32 model in ONNX Runtime; the per-layer analysis runs ``qdq_model``.
     ``timer(feeds)`` → ``{"fp32": [ms…], "int8": [ms…]}`` times both sides; by default the FP32
-    model and ``int8`` in ONNX Runtime, interleaved."""
+    model and ``int8`` in ONNX Runtime, interleaved; ``measure_latency=False`` times nothing."""
     threads = spec.latency.threads
     fp32 = ort_runtime.Runner(ort_runtime.session(prepared.model, threads=threads))
     lspec = spec.latency
@@ -66,29 +66,36 @@ def evaluate(prepared: PreparedModel, spec: EvaluationSpec, qdq_model: onnx.Mode
                                lspec.warmup, lspec.iterations, lspec.duration_s)
     accuracy, first = _accuracy(prepared, spec, fp32, int8, progress)
     per_layer = _per_layer(prepared, spec, qdq_model, progress) if spec.per_layer_samples else None
+    result: dict = {side: {"accuracy": accuracy[side]} for side in ("fp32", "int8")}
+    raw: dict = {}
+    if measure_latency:
+        raw = _add_latency(result, first, lspec, timer, progress, prepared.inputs)
+    if "custom" in accuracy:
+        result["custom_metric"] = accuracy["custom"]
+    if per_layer is not None:
+        result["per_layer"] = per_layer
+    return Evaluation(result, raw)
+
+
+def _add_latency(result: dict, first: dict[str, np.ndarray], lspec, timer: Timer, progress: Progress,
+                 inputs) -> dict:
+    """Time both sides at each batch size into ``result``; every timed run, for the plots."""
     lat: dict = {"fp32": {}, "int8": {}}
     raw: dict = {}
     with progress.task("measuring latency", len(lspec.batch_sizes)) as advance:
         for bs in lspec.batch_sizes:
-            times = timer(_latency_feeds(first, bs, prepared.inputs))
+            times = timer(_latency_feeds(first, bs, inputs))
             raw[str(bs)] = times
             for side in ("fp32", "int8"):
                 lat[side][str(bs)] = summarize(times[side], bs)
             advance(1)
-
-    result: dict = {}
     for side in ("fp32", "int8"):
         by_batch = lat[side]
         head = by_batch[str(lspec.batch_sizes[0])]
-        result[side] = {"accuracy": accuracy[side],
-                        "latency": {"batch_size": lspec.batch_sizes[0], "p50_ms": head["p50_ms"],
-                                    "mean_ms": head["mean_ms"], "by_batch": by_batch}}
-    if "custom" in accuracy:
-        result["custom_metric"] = accuracy["custom"]
+        result[side]["latency"] = {"batch_size": lspec.batch_sizes[0], "p50_ms": head["p50_ms"],
+                                   "mean_ms": head["mean_ms"], "by_batch": by_batch}
     result["latency_ratio"] = {bs: lat["int8"][bs]["p50_ms"] / lat["fp32"][bs]["p50_ms"] for bs in lat["fp32"]}
-    if per_layer is not None:
-        result["per_layer"] = per_layer
-    return Evaluation(result, raw)
+    return raw
 
 
 def _accuracy(prepared: PreparedModel, spec: EvaluationSpec, fp32, int8,

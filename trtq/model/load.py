@@ -156,3 +156,27 @@ def expose_tensors(model: onnx.ModelProto, tensors: list[str]) -> onnx.ModelProt
         if name not in have:
             out.graph.output.append(helper.make_tensor_value_info(name, types.get(name, onnx.TensorProto.FLOAT), None))
     return out
+
+
+def tensor_types(model: onnx.ModelProto, infer: bool = True) -> dict[str, int]:
+    """Every tensor's ONNX element type (inputs, initializers, node outputs) whose type is known;
+    ``infer`` runs type inference first (for graphs whose ``value_info`` was not kept)."""
+    if infer:
+        try:
+            model = shape_inference.infer_shapes(model, strict_mode=False)
+        except (shape_inference.InferenceError, ValueError) as exc:  # e.g. a model over 2 GB
+            raise ModelError(f"cannot infer the model's tensor types ({str(exc).splitlines()[0]})") from None
+    g = model.graph
+    types = {vi.name: vi.type.tensor_type.elem_type for vi in list(g.input) + list(g.value_info) + list(g.output)}
+    types.update({i.name: i.data_type for i in g.initializer})
+    return {k: v for k, v in types.items() if v != onnx.TensorProto.UNDEFINED}
+
+
+def float_activations(model: onnx.ModelProto) -> list[str]:
+    """Every FP32 tensor the network computes or takes as input, in graph order: what TensorRT's
+    implicit INT8 asks a calibration cache for (graph outputs included, initializers not)."""
+    types = tensor_types(model, infer=False)  # load_model's inference has typed them
+    inits = {i.name for i in model.graph.initializer}
+    names = [i.name for i in model.graph.input if i.name not in inits]
+    names += [o for n in model.graph.node for o in n.output if o]
+    return list(dict.fromkeys(t for t in names if types.get(t) == onnx.TensorProto.FLOAT))

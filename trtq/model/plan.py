@@ -16,6 +16,7 @@ from ..errors import JobError
 
 POOLS = ("GlobalAveragePool", "AveragePool")
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+BRANCH_TAIL_OPS = ("Relu", "BatchNormalization")  # between a branch's last weighted op and its residual Add
 
 
 def weight_axis(op_type: str, attrs: dict, weight_ndim: int) -> int:
@@ -60,6 +61,8 @@ class QuantPlan:
     pools: list[tuple[str, str]] = field(default_factory=list)  # (AveragePool/GlobalAveragePool node, input)
     # control-flow node → weighted ops inside its subgraphs (not quantized)
     in_subgraphs: dict[str, int] = field(default_factory=dict)
+    # calibrated for TensorRT's implicit-INT8 cache only (it asks for every tensor); no Q/DQ goes there
+    cache_only: list[str] = field(default_factory=list)
 
     @property
     def activations(self) -> list[str]:
@@ -73,6 +76,11 @@ class QuantPlan:
         for _, t in self.pools:
             seen.setdefault(t, None)
         return list(seen)
+
+    @property
+    def calibrated(self) -> list[str]:
+        """What calibration collects: the activations, then the cache-only tensors."""
+        return self.activations + [t for t in self.cache_only if t not in set(self.activations)]
 
     def channel_axes(self) -> dict[str, int]:
         """Axis of each weighted op's input that its weights reduce over (for bias correction)."""
@@ -163,7 +171,16 @@ def _residual_adds(model: onnx.ModelProto, inits: dict, exclude_nodes) -> list[A
         if a in inits or b in inits or a == b or not all(t in order or t in graph_inputs for t in (a, b)):
             continue  # a bias-like constant add, or not two distinct activations
         main, skip = (a, b) if order.get(a, -1) >= order.get(b, -1) else (b, a)
-        if producer.get(main) is None or producer[main].op_type not in WEIGHTED_OPS:
+        if not _ends_in_weighted_op(producer, main):
             continue  # only residual adds closing a weighted branch
         points.append(AddPoint(node.name, main, skip))
     return points
+
+
+def _ends_in_weighted_op(producer: dict, tensor: str) -> bool:
+    """Whether ``tensor`` comes from a weighted op, directly or through the Relu /
+    BatchNormalization that TensorRT fuses into it (Conv → BN → Add, Conv → Relu → Add)."""
+    node = producer.get(tensor)
+    while node is not None and node.op_type in BRANCH_TAIL_OPS:
+        node = producer.get(node.input[0])
+    return node is not None and node.op_type in WEIGHTED_OPS

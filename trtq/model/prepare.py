@@ -18,7 +18,7 @@ from ..artifacts import file_sha256
 from ..errors import JobError, ModelError
 from ..job import InputOptions, Job
 from .controlflow import fold_constant_ifs
-from .load import InputSpec, input_specs, load_model, output_names, settle
+from .load import InputSpec, float_activations, input_specs, load_model, output_names, settle
 from .plan import QuantPlan, name_nodes, plan_quantization
 
 
@@ -78,9 +78,12 @@ def _with_constant(spec: InputSpec, value) -> InputSpec:
 
 
 def prepare(path: Path, input_shapes: dict[str, tuple[int, ...]] | None = None, exclude_ops=(),
-            exclude_nodes=(), inputs: dict[str, InputOptions] | None = None) -> PreparedModel:
+            exclude_nodes=(), inputs: dict[str, InputOptions] | None = None,
+            every_tensor: bool = False) -> PreparedModel:
     """Load ``path`` and plan its quantization (errors name the file, or the job key).
-    ``inputs``: the job's ``inputs`` section (batch axes, constant inputs)."""
+    ``inputs``: the job's ``inputs`` section (batch axes, constant inputs). ``every_tensor``:
+    calibrate every FP32 tensor of the network, as TensorRT's implicit INT8 wants in its cache,
+    besides the tensors Q/DQ goes on."""
     inputs = inputs or {}
     axes = {k: v.batch_axis for k, v in inputs.items()}
     model = load_model(path, input_shapes, axes)
@@ -91,7 +94,10 @@ def prepare(path: Path, input_shapes: dict[str, tuple[int, ...]] | None = None, 
     if folded:
         model = settle(model, Path(path), fresh=True)
     name_nodes(model)
-    prepared = PreparedModel(Path(path), model, specs, plan_quantization(model, exclude_ops, exclude_nodes))
+    plan = plan_quantization(model, exclude_ops, exclude_nodes)
+    if every_tensor:
+        plan.cache_only = [t for t in float_activations(model) if t not in set(plan.activations)]
+    prepared = PreparedModel(Path(path), model, specs, plan)
     prepared.folded = folded
     return prepared
 
@@ -99,7 +105,8 @@ def prepare(path: Path, input_shapes: dict[str, tuple[int, ...]] | None = None, 
 def prepare_job(job: Job) -> PreparedModel:
     """The job's model, prepared, with its batch sizes checked and something to quantize."""
     q = job.quantization
-    prepared = prepare(job.model, job.input_shapes, q.exclude_ops, q.exclude_nodes, job.inputs)
+    prepared = prepare(job.model, job.input_shapes, q.exclude_ops, q.exclude_nodes, job.inputs,
+                       job.calibrates_every_tensor())
     prepared.check_batch_sizes(job.batch_sizes())
     prepared.require_quantizable()
     return prepared

@@ -30,7 +30,7 @@ from ..quant.qdq import insert_qdq
 from ..quant.weights import QMAX_BY_BITS
 from ..report.assemble import add_evaluation, build_report
 from ..report.writer import write_report
-from ..runtime.onnxruntime import cpu_info
+from ..runtime.onnxruntime import Runner, cpu_info, session
 
 
 @dataclass
@@ -39,8 +39,10 @@ class BuildResult:
     report: dict  # report.json's document
 
 
-def write_ranges(folder: Path, cal: Calibration, model_sha: str, job: Job) -> None:
-    """``ranges.json`` and ``calibration.cache`` of a calibration."""
+def write_ranges(folder: Path, cal: Calibration, model_sha: str, job: Job, tensorrt_version: str | None) -> dict:
+    """``ranges.json`` and ``calibration.cache`` of a calibration; the cache header's version is the
+    job's, else that of ``tensorrt_version`` (the installed TensorRT), else trtq's default — which
+    one goes into the report's ``calibration.cache_header``."""
     doc = {
         "calibrator": cal.info["method"],
         "data_fingerprint": cal.info["data_fingerprint"],
@@ -49,11 +51,32 @@ def write_ranges(folder: Path, cal: Calibration, model_sha: str, job: Job) -> No
         "tensors": {k: r.to_json() for k, r in cal.ranges.items()},
     }
     write_atomic(folder / RANGES, json.dumps(doc, indent=2) + "\n")
-    write_atomic(folder / CACHE, cache_text(cal.ranges, job.calibrator.cache_version, job.calibrator.cache_algorithm))
+    version, origin = trt_engine.cache_version(job.calibrator, tensorrt_version)
+    write_atomic(folder / CACHE, cache_text(cal.ranges, version, job.calibrator.cache_algorithm))
+    return {"header": f"TRT-{version}-{job.calibrator.cache_algorithm}", "from": origin}
+
+
+def _tensorrt_here(job: Job) -> tuple[str | None, str | None]:
+    """(the TensorRT version on this machine, why no engine can be built here). A job for
+    TensorRT on a machine without it still calibrates, writes the Q/DQ model and cache, and
+    evaluates the Q/DQ model in ONNX Runtime; only the plan is left for a GPU machine."""
+    if job.quantization.target != "tensorrt":
+        return trt_engine.installed_version(), None
+    trt, why = trt_engine.find_tensorrt()
+    if trt is None:
+        return None, why
+    trt_engine.check_target(job.tensorrt, trt)
+    return str(trt.__version__), None
 
 
 def _tensorrt_engine(job: Job, prepared: PreparedModel, cal: Calibration, stage: Path, excluded: list[str],
-                     progress: Progress) -> dict:
+                     progress: Progress, why_not: str | None) -> dict:
+    batch_sizes = [b for _, b in job.batch_sizes()]
+    if why_not is not None:
+        engine = trt_engine.not_built(job.tensorrt, prepared.inputs, batch_sizes, job.model, job.build_command,
+                                      why_not)
+        progress.note(f"{engine['reason']}; on a GPU machine: {engine['build_on_gpu']['trtq']}")
+        return engine
     spec = job.calibration
 
     def calibration_feeds():
@@ -61,8 +84,8 @@ def _tensorrt_engine(job: Job, prepared: PreparedModel, cal: Calibration, stage:
         for batch in batches(src, prepared.inputs, spec.batch_size, "calibration", spec.skip, spec.max_samples):
             yield batch.feeds
 
-    engine = trt_engine.build_plan(job.tensorrt, job.calibrator, [b for _, b in job.batch_sizes()], stage,
-                                   prepared.model, cal.ranges, prepared.inputs, calibration_feeds, excluded, progress)
+    engine = trt_engine.build_plan(job.tensorrt, job.calibrator, batch_sizes, stage, prepared.model, cal.ranges,
+                                   prepared.inputs, calibration_feeds, excluded, progress)
     if job.evaluation is None:  # with an evaluation, the inspector runs after it
         engine["inspection"] = trt_engine.inspect_plan(stage / engine["path"], prepared.inputs, engine)
     return engine
@@ -85,6 +108,11 @@ def _ort_engine(job: Job, prepared: PreparedModel, cal: Calibration, means, stag
 def evaluate_build(job: Job, prepared: PreparedModel, folder: Path, engine: dict, qdq: onnx.ModelProto,
                    progress: Progress) -> Evaluation:
     """Evaluate the engine in ``folder`` (``qdq``: the Q/DQ model the per-layer analysis runs)."""
+    if engine["kind"] == "tensorrt" and not engine.get("built", True):
+        # no plan here: the Q/DQ model itself, unfused (DQ → FP32 op), i.e. the arithmetic the
+        # engine implements; its CPU latency says nothing about TensorRT's, so none is measured
+        qdq_runner = Runner(session(qdq, threads=job.evaluation.latency.threads, optimize=False))
+        return evaluate(prepared, job.evaluation, qdq, qdq_runner, progress, measure_latency=False)
     if engine["kind"] == "tensorrt":
         return evaluate_tensorrt(prepared, job.evaluation, job.tensorrt, [b for _, b in job.batch_sizes()], qdq,
                                  folder, engine, progress)
@@ -118,8 +146,7 @@ def build(job: Job, out_root: Path | None = None, progress: Progress | None = No
     shards (``calibration.shards``): by default one after another in this process."""
     progress = progress or Progress()
     q = job.quantization
-    if q.target == "tensorrt":
-        trt_engine.check_target(job.tensorrt, trt_engine.require_tensorrt())
+    trt_version, why_not = _tensorrt_here(job)
     prepared = prepare_job(job)
     for node in prepared.folded:
         progress.note(f"{node}: replaced by the branch the job's constant inputs select")
@@ -137,7 +164,7 @@ def build(job: Job, out_root: Path | None = None, progress: Progress | None = No
         if prepared.equalized:
             np.savez(stage / EQUALIZATION, **dict(sorted(prepared.equalized.items())))
         cal = calibrate(prepared, job.calibration, job.calibrator, progress, root, reuse, shard_map)
-        write_ranges(stage, cal, prepared.sha256, job)
+        cal.info["cache_header"] = write_ranges(stage, cal, prepared.sha256, job, trt_version)
         means = None
         if q.bias_correction:
             means = cal.means
@@ -150,7 +177,7 @@ def build(job: Job, out_root: Path | None = None, progress: Progress | None = No
             trt_qdq = cast_nodes_fp16(trt_qdq, excluded)
         onnx.save(trt_qdq, str(stage / QDQ_MODEL))
         if q.target == "tensorrt":
-            engine, eval_qdq = _tensorrt_engine(job, prepared, cal, stage, excluded, progress), trt_qdq
+            engine, eval_qdq = _tensorrt_engine(job, prepared, cal, stage, excluded, progress, why_not), trt_qdq
         else:
             engine, eval_qdq = _ort_engine(job, prepared, cal, means, stage, cpu, progress)
         quantization = {"target": q.target, "quantized_nodes": len(prepared.plan.nodes),

@@ -36,6 +36,10 @@ def cache_to_qdq(model_path: Path, cache_path: Path, out: Path) -> dict:
     if missing:
         raise CacheError(f"{cache_path}: no scale for {len(missing)} of the {len(plan.activations)} tensors "
                          f"{model_path} quantizes (first: {', '.join(missing[:5])}); was the cache made for this model?")
+    bad = [t for t in plan.activations if not np.isfinite(cache.scales[t])]
+    if bad:
+        raise CacheError(f"{cache_path}: the scale of '{bad[0]}' is {cache.scales[bad[0]]} ({len(bad)} tensor(s) "
+                         "without a finite scale); a Q/DQ model needs finite scales: recalibrate these tensors")
     ranges = {t: Range.symmetric(cache.scales[t] * 127.0) for t in plan.activations}
     qdq = insert_qdq(prepared.model, plan, ranges, "tensorrt")
     write_atomic(out, lambda p: onnx.save(qdq, str(p)), hint=HINT)

@@ -13,14 +13,23 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from ..errors import ModelError
+from ..model.load import tensor_types
 
-def _float_tensors(model: onnx.ModelProto) -> set[str]:
-    names = set()
-    for vi in list(model.graph.input) + list(model.graph.value_info) + list(model.graph.output):
-        if vi.type.tensor_type.elem_type == TensorProto.FLOAT:
-            names.add(vi.name)
-    names |= {i.name for i in model.graph.initializer if i.data_type == TensorProto.FLOAT}
-    return names
+
+def _tensor_types(model: onnx.ModelProto) -> dict[str, int]:
+    """The Q/DQ graph carries no ``value_info`` (insert_qdq rebuilds the node list): infer it."""
+    try:
+        return tensor_types(model)
+    except ModelError as exc:
+        raise ModelError(f"keep_precision: fp16: {exc}; use keep_precision: fp32") from None
+
+
+def _is_float(types: dict[str, int], name: str, node: str) -> bool:
+    if name not in types:
+        raise ModelError(f"cannot tell the type of tensor '{name}' (an input of '{node}') to cast it to FP16; "
+                         "use keep_precision: fp32 or leave the node in INT8")
+    return types[name] == TensorProto.FLOAT
 
 
 def cast_nodes_fp16(model: onnx.ModelProto, nodes: list[str] | tuple[str, ...]) -> onnx.ModelProto:
@@ -29,7 +38,7 @@ def cast_nodes_fp16(model: onnx.ModelProto, nodes: list[str] | tuple[str, ...]) 
     out.CopyFrom(model)
     g = out.graph
     wanted = set(nodes)
-    floats = _float_tensors(out)
+    types = _tensor_types(out)
     inits = {i.name: i for i in g.initializer}
     new_nodes = []
     half_of: dict[str, str] = {}  # float tensor → its FP16 copy (shared by several FP16 nodes)
@@ -38,7 +47,7 @@ def cast_nodes_fp16(model: onnx.ModelProto, nodes: list[str] | tuple[str, ...]) 
             new_nodes.append(n)
             continue
         for k, name in enumerate(n.input):
-            if not name or name not in floats:
+            if not name or not _is_float(types, name, n.name):
                 continue
             if name not in half_of:
                 half = f"{name}__fp16"
@@ -56,6 +65,7 @@ def cast_nodes_fp16(model: onnx.ModelProto, nodes: list[str] | tuple[str, ...]) 
                 continue
             half = f"{name}__fp16"
             n.output[k] = half
+            half_of[name] = half  # a following FP16 node reads it as it is
             new_nodes.append(helper.make_node("Cast", [half], [name], name=f"{name}__to_fp32", to=TensorProto.FLOAT))
     missing = wanted - {n.name for n in g.node}
     if missing:

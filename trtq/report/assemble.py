@@ -21,7 +21,7 @@ SCHEMA_VERSION = 1
 
 def engine_files(engine: dict) -> list[str]:
     """The files an engine section stands for, in the order the report lists them."""
-    if not engine:
+    if not engine or not engine.get("path"):  # no engine built here
         return []
     files = [engine["path"]]
     if engine.get("kind") == "tensorrt":
@@ -57,11 +57,13 @@ def build_report(job: Job, prepared: PreparedModel, calibration: dict, quantizat
 def add_evaluation(report: dict, sections: dict, latency_ms: dict, folder: Path) -> None:
     """Put an evaluation's sections into ``report`` (replacing an earlier evaluation's) and write
     its plots into ``folder``."""
-    for key in ("per_layer", "custom_metric", "gpu_compute"):
+    for key in ("per_layer", "custom_metric", "gpu_compute", "latency_ratio"):
         report.pop(key, None)
     report.update(sections)
-    names = [LATENCY_PNG]
-    plots.latency_plot(latency_ms, folder / LATENCY_PNG)
+    names = []
+    if latency_ms:
+        plots.latency_plot(latency_ms, folder / LATENCY_PNG)
+        names.append(LATENCY_PNG)
     if "per_layer" in sections:
         plots.per_layer_plot(sections["per_layer"], folder / PER_LAYER_PNG)
         names.append(PER_LAYER_PNG)

@@ -77,7 +77,20 @@ def headline_rows(report: dict, intervals: bool = True) -> list[tuple[str, str, 
     return rows
 
 
+def not_built_lines(eng: dict, code: str = "") -> list[str]:
+    """What a TensorRT build without TensorRT says: the engine is not built, and how to build it
+    (``code``: the quote put around each command, e.g. a backtick in Markdown)."""
+    cmds = eng["build_on_gpu"]
+    return [(f"{eng['reason']}; model.int8.onnx, calibration.cache and ranges.json are written and the Q/DQ "
+             "model was evaluated in ONNX Runtime (no latency: its CPU speed says nothing about TensorRT's)"),
+            f"build the plan on a GPU machine with TensorRT: {code}{cmds['trtq']}{code}",
+            f"or, in this build folder: {code}{cmds['trtexec']}{code}"]
+
+
 def _tensorrt_lines(report: dict, eng: dict) -> list[str]:
+    if not eng.get("built", True):
+        summary, *commands = not_built_lines(eng, "`")
+        return [f"- **{summary}**"] + [f"- {c}" for c in commands]
     gpu = eng.get("gpu", {})
     lines = [f"- engine `{eng['path']}`: TensorRT {eng['tensorrt_version']}, {eng['mode']} mode"
              f"{' (strongly typed)' if eng.get('strongly_typed') else ''}, built on {gpu.get('name', '?')} "
@@ -171,6 +184,8 @@ def _quantization_lines(report: dict) -> list[str]:
              + (": " + ", ".join(f"`{n}` ({r})" for n, r in q["excluded"]) if q["excluded"] else ""),
              f"- {cal['tensors']} activation tensors calibrated; data fingerprint `{cal['data_fingerprint'][:16]}…`"]
     lines += _layout_line(cal)
+    if cal.get("cache_header"):
+        lines.append(f"- `calibration.cache` header `{cal['cache_header']['header']}` ({cal['cache_header']['from']})")
     eng = report.get("engine", {})
     if eng.get("kernels"):
         k = eng["kernels"]

@@ -12,6 +12,7 @@ Everything TensorRT-specific is in this module, :mod:`.implicit`, :mod:`.runner`
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,8 +20,14 @@ from ..artifacts import write_atomic
 from ..errors import BackendError, JobError
 
 
+def version_tuple(version: str) -> tuple[int, int]:
+    """(major, minor) of a TensorRT version string such as ``10.16.1.11``."""
+    parts = [int(p) for p in re.findall(r"\d+", str(version))[:2]]
+    return (parts + [0, 0])[0], (parts + [0, 0])[1]
+
+
 def major_version(trt) -> int:
-    return int(str(trt.__version__).split(".")[0])
+    return version_tuple(trt.__version__)[0]
 
 
 def make_logger(trt):
@@ -95,18 +102,24 @@ def resolve_profiles(shapes: dict[str, tuple[int, ...]], profiles: dict[str, Pro
 
 
 def has_strong_typing(trt) -> bool:
-    return hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED")  # 9.0 and newer
+    """Strongly typed networks exist from TensorRT 9.0 on (read from ``tensorrt.__version__``)."""
+    return version_tuple(trt.__version__) >= (9, 0)
 
 
-def _parse(trt, builder, logger, onnx_path: Path, strongly_typed: bool):
+def network_flags(trt, strongly_typed: bool) -> int:
+    """``create_network`` flags: 8.6 its explicit-batch flag; 9.x–10.x ``STRONGLY_TYPED`` when
+    asked; 11.x none (every network is strongly typed; the flag is deprecated and ignored)."""
     if not has_strong_typing(trt):  # 8.6
         from . import legacy
 
-        flags = legacy.network_flags(trt)
-    elif strongly_typed:
-        flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
-    else:
-        flags = 0
+        return legacy.network_flags(trt)
+    if strongly_typed and major_version(trt) < 11:
+        return 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    return 0
+
+
+def _parse(trt, builder, logger, onnx_path: Path, strongly_typed: bool):
+    flags = network_flags(trt, strongly_typed)
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):

@@ -15,7 +15,8 @@ import numpy as np
 
 from ..errors import BackendError
 
-HINT = "install a CUDA binding with pip install 'trtq[tensorrt]' (cuda-python) on a machine with an NVIDIA driver"
+HINT = ("install a CUDA binding with pip install 'trtq[tensorrt-cu12]' or 'trtq[tensorrt-cu13]' (cuda-python of the "
+        "driver's CUDA major) on a machine with an NVIDIA driver")
 
 
 def _import_cudart():

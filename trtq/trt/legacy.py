@@ -1,6 +1,6 @@
 """TensorRT 8.6 (before strong typing existed): explicit batch networks, and the INT8 builder
-flag that explicit (Q/DQ) quantization needs there. Used only when ``NetworkDefinitionCreationFlag``
-has no ``STRONGLY_TYPED`` member. No 8.6 bindings wheel is published on PyPI, so these names are
+flag that explicit (Q/DQ) quantization needs there. Used only when ``tensorrt.__version__`` is
+below 9.0. No 8.6 bindings wheel is published on PyPI, so these names are
 checked against the 10.x bindings (where they still exist), not 8.6's.
 """
 
