@@ -156,3 +156,34 @@ def test_bench_prints_trtexec_style_statistics(tiny, run_cli, tmp_path):
     assert set(res["by_batch"]) == {"1", "4"} and res["by_batch"]["4"]["iterations"] == 5
     code, _, err = run_cli("bench", tiny["model"], "--shape", "input=1x3")
     assert code == 2 and "NAME:1x3x224x224" in err
+
+
+def test_kernel_accounting_counts_weighted_ops_only_and_names_fp32_ones(tiny, tmp_path):
+    from trtq.engine.onnxruntime import build_engine
+    from trtq.model.prepare import prepare
+
+    prepared = prepare(tiny["model"])
+    ranges = {t: Range.symmetric(4.0) for t in prepared.plan.activations}
+    qdq = insert_qdq(prepared.model, prepared.plan, ranges, "onnxruntime")
+    k = build_engine(qdq, tmp_path / "e.onnx")
+    # the tiny model has 5 weighted ops (Conv, ConvTranspose, 2 Gemm, MatMul): each counted once, INT8 or FP32
+    assert k["int8_weighted"] + k["fp32_weighted"] == 5, k["ops"]
+    assert len(k["fp32_weighted_nodes"]) == k["fp32_weighted"]
+    assert k["int8_other"] == sum(v for op, v in k["ops"].items() if op.startswith("QLinear") and op not in (
+        "QLinearConv", "QLinearMatMul", "QLinearConvTranspose"))
+
+
+def test_warnings_say_when_int8_is_slower_or_did_not_fuse():
+    from trtq.report.assemble import warnings
+
+    report = {"latency_ratio": {"1": 1.33, "8": 0.6},
+              "engine": {"kernels": {"int8_weighted": 14, "fp32_weighted": 50, "fp32_weighted_nodes": [
+                  "conv_a", "conv_b", "conv_c", "conv_d", "conv_e", "conv_f"]}},
+              "quantization": {"narrow_channels": [{"tensor": "t", "at": "bn_out", "equalized": False,
+                                                    "sqnr_cap_db": 8.2}]}}
+    assert warnings(report) == [
+        "INT8 is slower than FP32 at batch 1: 1.33× FP32's latency",
+        "only 14 of 64 weighted ops run as INT8 kernels; still FP32: conv_a, conv_b, conv_c, conv_d, conv_e …",
+        "narrow channels in 't' cap 'bn_out' at about 8 dB SQNR"]
+    assert warnings({"latency_ratio": {"1": 0.5}, "engine": {"kernels": {"int8_weighted": 59, "fp32_weighted": 1}}}) \
+        == []

@@ -49,10 +49,12 @@ def _print_summary(result, rows, verb: str = "build") -> None:
         table.add_row("cache header", "", cal["cache_header"]["header"], "")
     kernels = rep.get("engine", {}).get("kernels")
     if kernels:
-        table.add_row("INT8/FP32 kernels", "", f"{kernels['int8_weighted']} / {kernels['fp32_weighted']}", "")
+        table.add_row("weighted ops INT8 / FP32", "", f"{kernels['int8_weighted']} / {kernels['fp32_weighted']}", "")
     for row in rows:
         table.add_row(*row)
     out.print(table)
+    for w in rep.get("warnings", []):
+        out.print(f"⚠ {w}", style="bold yellow", markup=False, soft_wrap=True)
     out.print("artifacts: " + ", ".join(rep["artifacts"]))
     if cal.get("cache_header"):
         out.print(f"calibration.cache header {cal['cache_header']['header']}: {cal['cache_header']['from']}",

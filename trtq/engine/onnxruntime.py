@@ -10,9 +10,15 @@ import onnx
 
 from ..runtime.onnxruntime import Runner, session
 
-INT8_KERNELS = {"QLinearConv", "QGemm", "QLinearMatMul", "MatMulInteger", "ConvInteger",
-                "DynamicQuantizeMatMul", "QLinearAdd", "QLinearGlobalAveragePool", "QLinearAveragePool"}
+# weighted ops (Conv, ConvTranspose, Gemm, MatMul with a constant input) as ONNX Runtime runs them
+INT8_WEIGHTED = {"QLinearConv", "QGemm", "QLinearMatMul", "MatMulInteger", "ConvInteger", "DynamicQuantizeMatMul",
+                 "MatMulIntegerToFloat", "QLinearConvTranspose"}
 FP32_WEIGHTED = {"Conv", "FusedConv", "Gemm", "FusedGemm", "MatMul", "FusedMatMul", "ConvTranspose", "NchwcConv"}
+# other INT8 kernels (not weighted ops)
+INT8_OTHER = {"QLinearAdd", "QLinearMul", "QLinearGlobalAveragePool", "QLinearAveragePool", "QLinearConcat",
+              "QLinearSigmoid", "QLinearLeakyRelu", "QLinearSoftmax", "QLinearReduceMean", "QLinearWhere",
+              "QLinearAveragePool", "QLinearMaxPool"}
+INT8_KERNELS = INT8_WEIGHTED | INT8_OTHER
 
 
 def build_engine(qdq_model: onnx.ModelProto, path: Path, threads: int | None = None) -> dict:
@@ -21,11 +27,29 @@ def build_engine(qdq_model: onnx.ModelProto, path: Path, threads: int | None = N
     return count_kernels(onnx.load(str(path), load_external_data=False))
 
 
+def _weighted_fp32(node: onnx.NodeProto, constants: set[str]) -> bool:
+    """An FP32 kernel of a weighted op: a MatMul counts only with a constant (or dequantized) operand."""
+    if node.op_type not in FP32_WEIGHTED:
+        return False
+    if node.op_type in ("MatMul", "FusedMatMul"):
+        return any(i in constants for i in node.input[:2])
+    return True
+
+
 def count_kernels(optimized: onnx.ModelProto) -> dict:
-    ops = Counter(n.op_type for n in optimized.graph.node)
+    """Weighted ops that run as INT8 kernels, those that still run in FP32 (the first ten named),
+    and the other INT8 kernels (Add, pooling, …) separately."""
+    graph = optimized.graph
+    ops = Counter(n.op_type for n in graph.node)
+    constants = {i.name for i in graph.initializer} | {o for n in graph.node if n.op_type == "DequantizeLinear"
+                                                        and n.input[0] in {i.name for i in graph.initializer}
+                                                        for o in n.output}
+    fp32 = [n.name or n.op_type for n in graph.node if _weighted_fp32(n, constants)]
     return {
-        "int8_weighted": sum(v for k, v in ops.items() if k in INT8_KERNELS),
-        "fp32_weighted": sum(v for k, v in ops.items() if k in FP32_WEIGHTED),
+        "int8_weighted": sum(v for k, v in ops.items() if k in INT8_WEIGHTED),
+        "fp32_weighted": len(fp32),
+        "int8_other": sum(v for k, v in ops.items() if k in INT8_OTHER),
+        "fp32_weighted_nodes": fp32[:10],
         "ops": dict(sorted(ops.items())),
     }
 

@@ -17,6 +17,28 @@ from ..model.prepare import PreparedModel
 from . import plots
 
 SCHEMA_VERSION = 1
+MIN_INT8_FRACTION = 0.9  # fewer weighted ops than this running as INT8 kernels is worth a warning
+
+
+def warnings(report: dict) -> list[str]:
+    """What a user must not miss: INT8 slower than FP32, weighted ops that did not become INT8
+    kernels, narrow channels nothing could widen."""
+    out = []
+    for bs, ratio in report.get("latency_ratio", {}).items():
+        if ratio > 1:
+            out.append(f"INT8 is slower than FP32 at batch {bs}: {ratio:.2f}× FP32's latency")
+    k = report.get("engine", {}).get("kernels")
+    if k:
+        total = k["int8_weighted"] + k["fp32_weighted"]
+        if total and k["int8_weighted"] < MIN_INT8_FRACTION * total:
+            names = ", ".join(k.get("fp32_weighted_nodes", [])[:5])
+            out.append(f"only {k['int8_weighted']} of {total} weighted ops run as INT8 kernels; still FP32: {names}"
+                       + (" …" if k["fp32_weighted"] > 5 else ""))
+    for f in report.get("quantization", {}).get("narrow_channels", []):
+        cap = f["sqnr_cap_after_db"] if f["equalized"] else f["sqnr_cap_db"]
+        if cap is not None:
+            out.append(f"narrow channels in '{f['tensor']}' cap '{f['at']}' at about {cap:.0f} dB SQNR")
+    return out
 
 
 def engine_files(engine: dict) -> list[str]:
@@ -34,6 +56,13 @@ def engine_files(engine: dict) -> list[str]:
 def build_report(job: Job, prepared: PreparedModel, calibration: dict, quantization: dict, engine: dict,
                  machine: dict) -> dict:
     """The report of one build before its evaluation (see :func:`add_evaluation`)."""
+    report = _document(job, prepared, calibration, quantization, engine, machine)
+    report["warnings"] = warnings(report)
+    return report
+
+
+def _document(job: Job, prepared: PreparedModel, calibration: dict, quantization: dict, engine: dict,
+              machine: dict) -> dict:
     inputs = [{"name": i.name, "shape": list(i.shape), "dtype": str(i.dtype), "batch_axis": i.batch_axis,
                **({"constant": i.constant.tolist()} if i.constant is not None else {})} for i in prepared.inputs]
     return {
@@ -69,3 +98,4 @@ def add_evaluation(report: dict, sections: dict, latency_ms: dict, folder: Path)
         names.append(PER_LAYER_PNG)
     report["plots"] = names
     report["artifacts"] = list(dict.fromkeys(report["artifacts"] + names))
+    report["warnings"] = warnings(report)

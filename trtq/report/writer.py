@@ -190,7 +190,8 @@ def _quantization_lines(report: dict) -> list[str]:
     if eng.get("kernels"):
         k = eng["kernels"]
         lines.append(f"- engine `{eng['path']}`: {k['int8_weighted']} weighted ops run as INT8 kernels, "
-                     f"{k['fp32_weighted']} in FP32 (weights {eng.get('weight_bits', 8)}-bit)")
+                     f"{k['fp32_weighted']} in FP32 (weights {eng.get('weight_bits', 8)}-bit); "
+                     f"{k.get('int8_other', 0)} other INT8 kernels (Add, pooling, …)")
     if eng.get("kind") == "tensorrt":
         lines += _tensorrt_lines(report, eng)
     return lines
@@ -203,6 +204,10 @@ def render_markdown(report: dict) -> str:
     lines = [f"# trtq report: {job['name']}", ""]
     lines += [f"Model `{report['model']['path']}` → target **{q['target']}**, calibrator "
               f"**{cal['method']['method']}** on {cal['samples']} samples ({cal['seconds']:.1f} s).", ""]
+    for w in report.get("warnings", []):
+        lines += [f"> ⚠ **{w}**", ">"]
+    if report.get("warnings"):
+        lines += [""]
     rows = headline_rows(report)
     if rows:
         lines += ["| metric | FP32 | INT8 | change |", "|---|---|---|---|"]
