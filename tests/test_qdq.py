@@ -197,3 +197,30 @@ def test_onnxruntime_engine_runs_every_weighted_op_as_int8(tmp_path):
                            tmp_path / "e.onnx")
     assert kernels["fp32_weighted"] == 0 and kernels["ops"].get("QLinearConv") == 2
     assert kernels["ops"].get("QLinearAdd") == 1
+
+
+def test_engine_bytes_do_not_depend_on_earlier_sessions(tmp_path):
+    from onnx import helper
+    """ONNX Runtime names its NCHWc layout nodes from a counter other sessions advance; the engine numbers them."""
+    from trtq.engine.onnxruntime import build_engine
+    from trtq.runtime.onnxruntime import session
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.normal(0, .3, (16, 16, 3, 3)).astype(np.float32), f"w{i}") for i in range(2)]
+    nodes = [helper.make_node("Conv", ["x", "w0"], ["a"], name="kept", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["a"], ["r"], name="relu"),
+             helper.make_node("Conv", ["r", "w1"], ["y"], name="quantized", pads=[1, 1, 1, 1])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 16, 8, 8])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 16, 8, 8])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    plan = plan_quantization(model, exclude_nodes=["kept"])
+    ranges = {t: Range.symmetric(4.0) for t in plan.activations}
+    qdq = insert_qdq(model, plan, ranges, "onnxruntime")
+    build_engine(qdq, tmp_path / "a.onnx")
+    for _ in range(3):  # other work in the same process
+        session(model, optimized_path=tmp_path / "other.onnx")
+    build_engine(qdq, tmp_path / "b.onnx")
+    a = onnx.load(str(tmp_path / "a.onnx"))
+    assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
+    reorders = [n.name for n in a.graph.node if n.op_type.startswith("Reorder")]
+    assert reorders and all(n.rsplit("_", 1)[-1].isdigit() and "token" not in n for n in reorders)

@@ -21,10 +21,33 @@ INT8_OTHER = {"QLinearAdd", "QLinearMul", "QLinearGlobalAveragePool", "QLinearAv
 INT8_KERNELS = INT8_WEIGHTED | INT8_OTHER
 
 
+LAYOUT_OPS = ("ReorderInput", "ReorderOutput")  # what ORT's NCHWc transformer inserts around FP32 convolutions
+
+
+def _stable_names(model: onnx.ModelProto) -> bool:
+    """ONNX Runtime names the layout nodes it inserts (``ReorderOutput``, ``ReorderOutput_token_6``)
+    from a counter that earlier sessions of the same process advance, so one build would write
+    other names after other work (measured: an extra session before the engine build renamed
+    them). Number them by position instead; True when a name changed."""
+    counts: dict[str, int] = {}
+    changed = False
+    for node in model.graph.node:
+        if node.op_type in LAYOUT_OPS and node.domain == "com.microsoft.nchwc":
+            k = counts.get(node.op_type, 0)
+            counts[node.op_type] = k + 1
+            name = f"{node.op_type}_{k}"
+            changed |= name != node.name
+            node.name = name
+    return changed
+
+
 def build_engine(qdq_model: onnx.ModelProto, path: Path, threads: int | None = None) -> dict:
     """Optimize the ONNX Runtime Q/DQ model for this CPU, save it at ``path``; count kernels."""
     session(qdq_model, threads=threads, optimized_path=path)
-    return count_kernels(onnx.load(str(path), load_external_data=False))
+    engine = onnx.load(str(path), load_external_data=False)
+    if _stable_names(engine):
+        onnx.save(engine, str(path))
+    return count_kernels(engine)
 
 
 def _weighted_fp32(node: onnx.NodeProto, constants: set[str]) -> bool:
