@@ -6,30 +6,9 @@ import numpy as np
 import onnx
 import pytest
 
+from conftest import assert_clean_error as _assert_clean_error
+from conftest import job_with as _job
 from conftest import write_job
-
-
-def _assert_clean_error(code, err, *needles, out_dir: Path | None = None):
-    assert code == 2
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert "Traceback" not in err
-    for n in needles:
-        assert n in lines[0], lines[0]
-    if out_dir is not None and out_dir.exists():
-        # only the (complete, atomically written) statistics store may exist
-        assert [p.name for p in out_dir.iterdir() if p.name != ".trtq-stats"] == [], "partial artifacts were left behind"
-
-
-def _job(tiny, **changes):
-    job = {k: (dict(v) if isinstance(v, dict) else v) for k, v in tiny["job"].items()}
-    for dotted, value in changes.items():
-        node = job
-        *parents, last = dotted.split("__")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[last] = value
-    return write_job(tiny["dir"] / "job.yaml", job)
 
 
 def test_malformed_yaml(tiny, run_cli):

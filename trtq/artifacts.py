@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import shutil
@@ -16,7 +17,7 @@ from collections.abc import Callable, Iterable
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import OutputError
+from .errors import NoSpaceError, OutputError
 
 # -- a build folder ------------------------------------------------------------------------------
 QDQ_MODEL = "model.int8.onnx"  # the TensorRT-flavour Q/DQ model
@@ -69,6 +70,8 @@ def write_atomic_group(items: Iterable[tuple[Path, Payload]], fsync: bool = Fals
         for (path, _), tmp in zip(items, tmps):
             os.replace(tmp, path)
     except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise NoSpaceError(path.parent, path.name, *([hint] if hint else [])) from None
         raise OutputError(f"{path}: cannot write ({exc.strerror or exc})" + (f"; {hint}" if hint else "")) from None
     finally:
         for tmp in tmps:
@@ -92,7 +95,12 @@ def staged_output(root: Path, name: str):
                           "--out DIR or the job's 'output:' key") from None
     committed = False
     try:
-        yield staging
+        try:
+            yield staging
+        except NoSpaceError as exc:  # name the build folder, not the staging folder that is removed
+            if Path(exc.folder) != staging:
+                raise
+            raise NoSpaceError(final, exc.name, exc.hint) from None
         old = None
         if final.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{name}.old-", dir=root))

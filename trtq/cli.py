@@ -6,7 +6,11 @@ User errors print one line and exit 2 with no traceback; Ctrl-C likewise, leavin
 from __future__ import annotations
 
 import argparse
+import errno
+import signal
 import sys
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import TrtqError
@@ -281,15 +285,46 @@ def make_parser() -> argparse.ArgumentParser:  # long but flat: one declarative 
     return p
 
 
+class Terminated(BaseException):
+    """SIGTERM (``kill``, systemd, Kubernetes, CI time-outs), raised in the main thread so that
+    the staged build folder is removed on the way out, as on Ctrl-C."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated
+
+
+@contextmanager
+def _sigterm_raises():
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     try:
-        return args.func(args)
+        with _sigterm_raises():
+            return args.func(args)
     except TrtqError as exc:
         print(f"trtq: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("trtq: interrupted; no partial output was left behind", file=sys.stderr)
+        return 2
+    except Terminated:
+        print("trtq: terminated (SIGTERM); no partial output was left behind", file=sys.stderr)
+        return 128 + signal.SIGTERM
+    except OSError as exc:  # a write trtq does not route through artifacts.write_atomic (a library's own)
+        if exc.errno != errno.ENOSPC:
+            raise
+        print(f"trtq: error: {exc.filename or 'output'}: no space left on device; free some space or choose "
+              "another folder with --out", file=sys.stderr)
         return 2
 
 

@@ -24,6 +24,22 @@ class OutputError(TrtqError):
     """The output location cannot be written."""
 
 
+class NoSpaceError(OutputError):
+    """The disk filled while ``name`` was written into ``folder``."""
+
+    def __init__(self, folder, name: str, hint: str = "choose another folder with --out"):
+        import shutil
+        from pathlib import Path
+
+        self.folder, self.name, self.hint = folder, name, hint
+        existing = next((p for p in (Path(folder), *Path(folder).parents) if p.exists()), Path("/"))
+        try:
+            free = f", {shutil.disk_usage(existing).free // 1024} KiB free"
+        except OSError:
+            free = ""
+        super().__init__(f"{folder}: no space left on device writing {name}{free}; free some space there or {hint}")
+
+
 class BackendError(TrtqError):
     """A backend (TensorRT, ONNX Runtime) is missing or refused the model."""
 

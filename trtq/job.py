@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import reprlib
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
@@ -217,6 +218,54 @@ def _resolve_paths(data: dict, base: Path) -> None:
                     sec[key] = f"{_resolve(mod, base)}:{fn}"
 
 
+MAX_YAML_VALUES = 100_000  # a job is a few hundred values; aliases must not expand past this
+MAX_YAML_DEPTH = 64
+
+
+class YamlLimitError(ValueError):
+    """A YAML document past what a job may hold (alias bombs, recursion, deep nesting)."""
+
+
+def _expanded_size(node: yaml.Node, memo: dict[int, int], depth: int = 0) -> int:
+    """How many values ``node`` stands for once every alias is expanded (shared nodes counted
+    once per use, computed once each)."""
+    key = id(node)
+    if key in memo:
+        if memo[key] < 0:
+            raise YamlLimitError("an alias refers to the collection it is in (recursive YAML)")
+        return memo[key]
+    if depth > MAX_YAML_DEPTH:
+        raise YamlLimitError(f"nested more than {MAX_YAML_DEPTH} levels deep")
+    memo[key] = -1
+    if isinstance(node, yaml.MappingNode):
+        size = 1 + sum(_expanded_size(k, memo, depth + 1) + _expanded_size(v, memo, depth + 1) for k, v in node.value)
+    elif isinstance(node, yaml.SequenceNode):
+        size = 1 + sum(_expanded_size(v, memo, depth + 1) for v in node.value)
+    else:
+        size = 1
+    memo[key] = size
+    if size > MAX_YAML_VALUES:
+        raise YamlLimitError(f"aliases expand to more than {MAX_YAML_VALUES} values")
+    return size
+
+
+def safe_yaml(text: str) -> Any:
+    """``yaml.safe_load`` that refuses alias bombs, recursive aliases and deep nesting before
+    building any value (:class:`YamlLimitError` saying which), so nothing downstream expands them."""
+    loader = yaml.SafeLoader(text)
+    try:
+        try:
+            node = loader.get_single_node()
+        except RecursionError:
+            raise YamlLimitError(f"nested more than {MAX_YAML_DEPTH} levels deep") from None
+        if node is None:
+            return None
+        _expanded_size(node, {})
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
 DOTTED_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")  # a.b.c (--set, sweep keys)
 
 
@@ -224,10 +273,14 @@ def parse_override(text: str) -> tuple[tuple[str, ...], Any]:
     """``a.b.c=value`` → (('a','b','c'), value parsed as YAML)."""
     key, sep, raw = text.partition("=")
     if not sep or not DOTTED_KEY.match(key.strip()):
-        raise JobError(f"--set {text!r}: expected KEY.PATH=VALUE, e.g. --set calibration.batch_size=16")
+        raise JobError(f"--set {_clip(repr(text), 80)}: expected KEY.PATH=VALUE, e.g. --set calibration.batch_size=16")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = safe_yaml(raw) if raw.strip() else ""
     except yaml.YAMLError:
+        value = raw
+    except YamlLimitError as exc:
+        raise JobError(f"--set {_clip(key, 60)}: {exc}; give a plain value") from None
+    except (ValueError, TypeError, OverflowError):
         value = raw
     return tuple(key.strip().split(".")), value
 
@@ -262,11 +315,31 @@ def _fields_at(loc: tuple) -> list[str]:
     return list(cls.model_fields) if isinstance(cls, type) and issubclass(cls, BaseModel) else []
 
 
+def _first_error(err: ValidationError) -> dict:
+    """The error to report: an unknown key before anything else, since a misspelled key
+    (``calibraton``) also makes the key it was meant to be (``calibration``) missing."""
+    errors = err.errors()
+    return next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
+
+
+def _clip(text: str, limit: int) -> str:
+    """``text`` on one line, at most ``limit`` characters (messages never echo a whole input)."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    """``repr`` of a value a user wrote, bounded in depth and length."""
+    r = reprlib.Repr()
+    r.maxlevel, r.maxstring, r.maxother, r.maxlist, r.maxdict = 2, limit, limit, 4, 4
+    return _clip(r.repr(value), limit)
+
+
 def _format_error(source: str, err: ValidationError) -> str:
-    e = err.errors()[0]
+    e = _first_error(err)
     loc = tuple(str(p) for p in e["loc"] if not str(p).startswith("function-"))
     # pydantic reports the member of a union it tried; drop type tags like 'int' or 'tuple[...]'
-    loc = tuple(p for p in loc if not _is_type_tag(p))
+    loc = tuple(_clip(p, 40) for p in loc if not _is_type_tag(p))
     dotted = ".".join(loc) or "(top level)"
     if e["type"] == "extra_forbidden":
         allowed = _fields_at(loc[:-1])
@@ -276,8 +349,8 @@ def _format_error(source: str, err: ValidationError) -> str:
     if e["type"] == "missing":
         return f"{source}: {dotted}: required key is missing; add it to the job"
     got = e.get("input")
-    got_s = f" (got {got!r})" if not isinstance(got, dict) else ""
-    msg = e["msg"].removeprefix("Value error, ")
+    got_s = f" (got {_short(got)})" if not isinstance(got, dict) else ""
+    msg = _clip(e["msg"].removeprefix("Value error, "), 200)
     return f"{source}: {dotted}: {msg}{got_s}"
 
 
@@ -298,7 +371,11 @@ def read_job_data(path: Path) -> dict:
     except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
         raise JobError(f"{path}: cannot read the job file ({exc.__class__.__name__}); give a readable YAML file") from None
     try:
-        data = yaml.safe_load(text)
+        data = safe_yaml(text)
+    except YamlLimitError as exc:
+        raise JobError(f"{path}: {exc}; write the values out instead") from None
+    except (ValueError, TypeError, OverflowError) as exc:  # e.g. a date like 2024-13-45
+        raise JobError(f"{path}: malformed YAML value ({_clip(str(exc), 80)}); quote it or fix it") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""

@@ -26,4 +26,14 @@ def import_callable(ref: str, key: str):
             module = importlib.import_module(mod_name)
         return getattr(module, attr)
     except (ImportError, AttributeError, SyntaxError) as exc:
-        raise JobError(f"{key}: cannot import '{ref}' ({exc}); give 'file.py:name' or 'package.module:name'") from None
+        raise JobError(f"{key}: cannot import '{ref}' ({one_line(exc)}); give 'file.py:name' or 'package.module:name'") from None
+    except Exception as exc:  # noqa: BLE001 - the module's own code raised while it was imported
+        raise JobError(f"{key}: importing '{ref}' raised {one_line(exc)}; fix that code") from None
+
+
+def one_line(exc: BaseException, limit: int = 200) -> str:
+    """``Type: first line of the message``, at most ``limit`` characters: user code's exception
+    in a one-line error."""
+    lines = str(exc).strip().splitlines()
+    text = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+    return text if len(text) <= limit else text[:limit - 1] + "…"

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DataError
+from ..errors import DataError, TrtqError
 from ..job import DataSpec
 from ..model.load import InputSpec
-from ..plugins import import_callable
+from ..plugins import import_callable, one_line
 from .preprocess import load_image
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
@@ -142,12 +142,32 @@ def _array_source(spec: DataSpec, inputs: list[InputSpec], section: str) -> Sour
                   sum(p[0] for p in parts), has_labels, files)
 
 
+def _loader_batches(fn, spec: DataSpec, section: str) -> Iterator[tuple[int, object]]:
+    """``fn()``'s batches, numbered; what the loader raises (calling it or mid-stream) becomes
+    a one-line error naming the loader and the batch."""
+    where = f"{section}.loader: '{spec.loader}'"
+    try:
+        it = iter(fn())
+    except Exception as exc:  # noqa: BLE001 - user code
+        raise DataError(f"{where} raised {one_line(exc)} when called; fix the loader") from None
+    for b in itertools.count():
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        except TrtqError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - user code
+            raise DataError(f"{where} raised {one_line(exc)} producing batch {b}; fix the loader") from None
+        yield b, batch
+
+
 def _loader_source(spec: DataSpec, inputs: list[InputSpec], section: str) -> Source:
     fn = import_callable(spec.loader, f"{section}.loader")
     names = {i.name for i in inputs}
 
     def gen():
-        for b, batch in enumerate(fn()):
+        for b, batch in _loader_batches(fn, spec, section):
             if not isinstance(batch, dict):
                 raise DataError(f"{section}.loader: batch {b} is a {type(batch).__name__}; yield dicts {{input_name: array}}")
             label_key = next((k for k in LABEL_KEYS if k in batch and k not in names), None)
@@ -202,14 +222,27 @@ def _check_sample(sample: Sample, inputs: list[InputSpec], section: str) -> dict
             shown = "x".join("?" if w is None else str(w) for w in want)
             raise DataError(f"{section}: sample {sample.id}: tensor '{name}' has shape {'x'.join(map(str, arr.shape))}, "
                             f"the model wants {shown} per sample; fix the data or its preprocessing")
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            raise DataError(f"{section}: sample {sample.id}: tensor '{name}' contains NaN or Inf; clean the data")
         if arr.dtype != spec.dtype:
             if not np.can_cast(arr.dtype, spec.dtype, casting="same_kind"):
                 raise DataError(f"{section}: sample {sample.id}: tensor '{name}' is {arr.dtype}, the model wants {spec.dtype}")
+            _check_fits(arr, spec.dtype, f"{section}: sample {sample.id}: tensor '{name}'")
             arr = arr.astype(spec.dtype)
-        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-            raise DataError(f"{section}: sample {sample.id}: tensor '{name}' contains NaN or Inf; clean the data")
         out[name] = arr
     return out
+
+
+def _check_fits(arr: np.ndarray, dtype: np.dtype, what: str) -> None:
+    """Finite values beyond the model's float type would turn into Inf when cast (float64 1e39
+    → float32 inf): refuse them, naming the value."""
+    if dtype.kind != "f" or arr.dtype.kind != "f" or arr.dtype.itemsize <= dtype.itemsize or arr.size == 0:
+        return
+    peak = float(np.max(np.abs(arr)))
+    limit = float(np.finfo(dtype).max)
+    if peak > limit:
+        raise DataError(f"{what} holds {peak:.3g}, beyond the {dtype} range of the model (±{limit:.3g}); "
+                        "rescale the data")
 
 
 def sample_digest(feeds: dict[str, np.ndarray]) -> bytes:

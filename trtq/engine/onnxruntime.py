@@ -3,11 +3,13 @@ CPU (so loading it does no re-optimization), and the count of kernels that reall
 
 from __future__ import annotations
 
+import shutil
 from collections import Counter
 from pathlib import Path
 
 import onnx
 
+from ..errors import BackendError, NoSpaceError
 from ..runtime.onnxruntime import Runner, session
 
 INT8_KERNELS = {"QLinearConv", "QGemm", "QLinearMatMul", "MatMulInteger", "ConvInteger",
@@ -17,7 +19,15 @@ FP32_WEIGHTED = {"Conv", "FusedConv", "Gemm", "FusedGemm", "MatMul", "FusedMatMu
 
 def build_engine(qdq_model: onnx.ModelProto, path: Path, threads: int | None = None) -> dict:
     """Optimize the ONNX Runtime Q/DQ model for this CPU, save it at ``path``; count kernels."""
-    session(qdq_model, threads=threads, optimized_path=path)
+    try:
+        session(qdq_model, threads=threads, optimized_path=path)
+    except BackendError:
+        # ONNX Runtime writes the file itself and only says "Protobuf serialization failed"
+        free = shutil.disk_usage(path.parent).free
+        path.unlink(missing_ok=True)
+        if free < 2 * qdq_model.ByteSize() + (1 << 16):
+            raise NoSpaceError(path.parent, path.name) from None
+        raise
     return count_kernels(onnx.load(str(path), load_external_data=False))
 
 

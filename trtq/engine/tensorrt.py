@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from ..artifacts import FP32_TMP, PLAN, QDQ_MODEL, TRT_CACHE
+from ..artifacts import FP32_TMP, PLAN, QDQ_MODEL, TRT_CACHE, write_atomic
 from ..calib.cache import cache_text
 from ..calib.ranges import Range
 from ..errors import BackendError, JobError
@@ -23,12 +23,13 @@ INSTALL_HINT = ("install the GPU extra on a machine with an NVIDIA GPU (pip inst
                 "or set quantization.target: onnxruntime to build the CPU engine")
 
 
-def require_tensorrt():
-    """Return the ``tensorrt`` module or raise a one-line error saying what to do."""
+def require_tensorrt(need: str = "quantization.target: tensorrt"):
+    """Return the ``tensorrt`` module or raise a one-line error saying what to do (``need``:
+    what asked for TensorRT, as the user wrote it)."""
     try:
         return importlib.import_module("tensorrt")
     except ImportError:
-        raise BackendError(f"quantization.target: tensorrt needs TensorRT, which is not installed; {INSTALL_HINT}") from None
+        raise BackendError(f"{need} needs TensorRT, which is not installed; {INSTALL_HINT}") from None
     except OSError as exc:  # the bindings import but TensorRT's libraries do not load
         raise BackendError(f"TensorRT's libraries do not load ({str(exc).splitlines()[0]}); {INSTALL_HINT}") from None
 
@@ -112,7 +113,7 @@ def build_plan(spec: TensorRTSpec, calibrator: CalibratorSpec, batch_sizes: list
     tmp_fp32 = None
     if spec.mode == "implicit":
         tmp_fp32 = stage / FP32_TMP
-        onnx.save(model, str(tmp_fp32))
+        write_atomic(tmp_fp32, lambda tmp: onnx.save(model, str(tmp)))
         onnx_path = tmp_fp32
         cal = calibrator
         kind = "minmax" if cal.method == "minmax" else "entropy"
@@ -174,7 +175,7 @@ def fp32_runner(model: onnx.ModelProto, stage: Path, spec: TensorRTSpec, batch_s
 
     trt = require_tensorrt()
     path = stage / FP32_TMP
-    onnx.save(model, str(path))
+    write_atomic(path, lambda tmp: onnx.save(model, str(tmp)))
     try:
         options = _options(spec)
         options.timing_cache = None

@@ -36,6 +36,11 @@ def cache_to_qdq(model_path: Path, cache_path: Path, out: Path) -> dict:
     if missing:
         raise CacheError(f"{cache_path}: no scale for {len(missing)} of the {len(plan.activations)} tensors "
                          f"{model_path} quantizes (first: {', '.join(missing[:5])}); was the cache made for this model?")
+    for t in plan.activations:
+        scale = cache.scales[t]
+        if not (np.isfinite(scale) and scale > 0):
+            raise CacheError(f"{cache_path}: tensor '{t}' has scale {scale!r} ({trt_cache.encode_scale(scale)}); "
+                             "a scale must be finite and positive — regenerate the cache")
     ranges = {t: Range.symmetric(cache.scales[t] * 127.0) for t in plan.activations}
     qdq = insert_qdq(prepared.model, plan, ranges, "tensorrt")
     write_atomic(out, lambda p: onnx.save(qdq, str(p)), hint=HINT)
