@@ -20,9 +20,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from onnx import numpy_helper
-
 from conftest import ROOT, job_with, tiny_model, write_job
+from onnx import numpy_helper
 
 
 def _files(folder: Path) -> dict[str, bytes]:
@@ -111,9 +110,15 @@ CASES = {
     "bench on a non-ONNX file": lambda t: (_after((t["dir"] / "x.bin").write_bytes(b"junk"), ["bench", t["dir"] / "x.bin"]),
                                            ("x.bin", "not an ONNX model")),
 }
+
+
+def _bad_scale(t, bad_hex):
+    argv, tensor = _cache(t, bad_hex)
+    return argv, (f"tensor '{tensor}'", "bad.cache", "finite and positive")
+
+
 for _label, _hex in {"NaN": "7fc00000", "-inf": "ff800000", "+inf": "7f800000", "0": "00000000"}.items():
-    CASES[f"cache scale {_label}"] = lambda t, h=_hex: (lambda argv, tensor: (argv, (f"tensor '{tensor}'", "bad.cache",
-                                                                                      "finite and positive")))(*_cache(t, h))
+    CASES[f"cache scale {_label}"] = lambda t, h=_hex: _bad_scale(t, h)
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -219,7 +224,7 @@ def test_yaml_alias_bomb_is_bounded(where, tiny):
                                            "calibration: {path: data.npz}\n")
     start = time.monotonic()
     proc = subprocess.run([sys.executable, "-m", "trtq", "build", str(tiny["dir"] / "bomb.yaml"), *args], env=_env(),
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=60, check=False)
     seconds = time.monotonic() - start
     peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     assert proc.returncode == 2, proc.stderr
@@ -240,7 +245,7 @@ def small_disk(tmp_path):
         if os.geteuid() != 0:
             pytest.skip("mounting a small tmpfs to fill needs root")
         done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={4 * pages}k", "tmpfs", str(where)],
-                              capture_output=True, text=True)
+                              capture_output=True, text=True, check=False)
         if done.returncode != 0:
             pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip()})")
         mounted.append(where)
@@ -251,8 +256,8 @@ def small_disk(tmp_path):
         subprocess.run(["umount", str(where)], check=True)
 
 
-LOADER = "import numpy as np\ndef batches():\n    rng = np.random.default_rng(0)\n    for i in range(4):\n" \
-         "        yield {'input': rng.normal(0, 1, (4, 3, 8, 8)).astype(np.float32)}\n"
+LOADER = ("import numpy as np\ndef batches():\n    rng = np.random.default_rng(0)\n    for i in range(4):\n"
+          "        yield {'input': rng.normal(0, 1, (4, 3, 8, 8)).astype(np.float32)}\n")
 
 
 # pages free → the artifact that no longer fits (ranges.json, the cache, channel_means.npz, model.int8.onnx
@@ -288,6 +293,6 @@ def test_disk_full_in_a_library_write_is_one_line(tiny, run_cli, monkeypatch):
 
     monkeypatch.setattr(build_mod, "write_report", full)
     code, _, err = run_cli("build", job_with(tiny, evaluation=None), "-q")
-    assert code == 2 and err.strip().splitlines() == [f"trtq: error: {tiny['dir'] / 'out' / 'x'}: no space left on device; "
-                                                      "free some space or choose another folder with --out"], err
+    want = f"trtq: error: {tiny['dir'] / 'out' / 'x'}: no space left on device; free some space or choose another folder with --out"
+    assert code == 2 and err.strip().splitlines() == [want], err
     assert [p.name for p in (tiny["dir"] / "out").iterdir()] == [".trtq-stats"], "something partial was left"
