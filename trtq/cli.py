@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import math
 import signal
 import sys
 import threading
@@ -140,9 +141,11 @@ def _cmd_cache(args) -> int:
     out = _console()
     if args.cache_command == "show":
         c = convert.read_cache(Path(args.cache))
-        out.print(f"TensorRT {c.version}, {c.algorithm}, {len(c.scales)} tensors")
-        for name, scale in c.scales.items():
-            out.print(f"{name}: scale {scale:.9g}  amax {scale * 127:.6g}  ({trt_cache.encode_scale(scale)})")
+        out.print(f"TensorRT {c.version}, {c.algorithm}, {len(c.scales)} tensors", markup=False)
+        for name, scale in c.scales.items():  # names literally: '[...]' is not markup, ':word:' not an emoji
+            bits = "" if math.isnan(scale) else f"  ({trt_cache.encode_scale(scale)})"  # a NaN's payload is not kept
+            out.print(f"{name}: scale {scale:.9g}  amax {scale * 127:.6g}{bits}", markup=False, emoji=False,
+                      highlight=False, soft_wrap=True)
         return 0
     if args.cache_command == "to-qdq":
         model = Path(args.model)

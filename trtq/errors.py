@@ -46,3 +46,11 @@ class BackendError(TrtqError):
 
 class CacheError(TrtqError):
     """A calibration cache is malformed or does not match the model."""
+
+
+def one_line(exc: BaseException, limit: int = 200) -> str:
+    """``Type: first line of the message``, at most ``limit`` characters: another library's or user
+    code's exception inside a one-line error."""
+    lines = str(exc).strip().splitlines()
+    text = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+    return text if len(text) <= limit else text[:limit - 1] + "…"

@@ -191,7 +191,9 @@ PATH_KEYS = {
 }
 
 
-def _resolve(value: Any, base: Path) -> Any:
+def _resolve(value: Any, base: Path, key: str) -> Any:
+    if isinstance(value, str) and "\0" in value:
+        raise JobError(f"{key}: {_short(value)} holds a NUL character; give a file path")
     if isinstance(value, str) and value and not Path(value).is_absolute():
         return str((base / value).resolve())
     return value
@@ -203,19 +205,19 @@ def _resolve_paths(data: dict, base: Path) -> None:
         for part in key[:-1]:
             node = node.get(part) if isinstance(node, dict) else None
         if isinstance(node, dict) and key[-1] in node:
-            node[key[-1]] = _resolve(node[key[-1]], base)
+            node[key[-1]] = _resolve(node[key[-1]], base, ".".join(key))
     cal = data.get("calibrator")
     if isinstance(cal, dict) and isinstance(cal.get("class"), str):
         mod, _, cls = cal["class"].rpartition(":")
         if mod.endswith(".py"):
-            cal["class"] = f"{_resolve(mod, base)}:{cls}"
+            cal["class"] = f"{_resolve(mod, base, 'calibrator.class')}:{cls}"
     for section in ("calibration", "evaluation"):
         sec = data.get(section)
         for key in ("loader", "metric"):
             if isinstance(sec, dict) and isinstance(sec.get(key), str):
                 mod, _, fn = sec[key].rpartition(":")
                 if mod.endswith(".py"):
-                    sec[key] = f"{_resolve(mod, base)}:{fn}"
+                    sec[key] = f"{_resolve(mod, base, f'{section}.{key}')}:{fn}"
 
 
 MAX_YAML_VALUES = 100_000  # a job is a few hundred values; aliases must not expand past this
@@ -223,7 +225,24 @@ MAX_YAML_DEPTH = 64
 
 
 class YamlLimitError(ValueError):
-    """A YAML document past what a job may hold (alias bombs, recursion, deep nesting)."""
+    """A YAML document past what a job may hold (alias bombs, recursion, deep nesting, a key
+    written twice); ``line`` (1-based) where known, ``hint`` what to do."""
+
+    def __init__(self, message: str, line: int | None = None, hint: str = "write the values out instead"):
+        super().__init__(message)
+        self.line, self.hint = line, hint
+
+
+def _check_keys(node: yaml.MappingNode) -> None:
+    """A key written twice would silently keep its last value: refuse it, as a YAML linter would."""
+    first: dict[str, int] = {}
+    for key, _ in node.value:
+        if isinstance(key, yaml.ScalarNode) and key.value != "<<":
+            line = key.start_mark.line + 1
+            if key.value in first:
+                raise YamlLimitError(f"key '{_clip(key.value, 40)}' is written twice (first on line {first[key.value]})",
+                                     line, "keep one of them")
+            first[key.value] = line
 
 
 def _expanded_size(node: yaml.Node, memo: dict[int, int], depth: int = 0) -> int:
@@ -238,6 +257,7 @@ def _expanded_size(node: yaml.Node, memo: dict[int, int], depth: int = 0) -> int
         raise YamlLimitError(f"nested more than {MAX_YAML_DEPTH} levels deep")
     memo[key] = -1
     if isinstance(node, yaml.MappingNode):
+        _check_keys(node)
         size = 1 + sum(_expanded_size(k, memo, depth + 1) + _expanded_size(v, memo, depth + 1) for k, v in node.value)
     elif isinstance(node, yaml.SequenceNode):
         size = 1 + sum(_expanded_size(v, memo, depth + 1) for v in node.value)
@@ -252,12 +272,14 @@ def _expanded_size(node: yaml.Node, memo: dict[int, int], depth: int = 0) -> int
 def safe_yaml(text: str) -> Any:
     """``yaml.safe_load`` that refuses alias bombs, recursive aliases and deep nesting before
     building any value (:class:`YamlLimitError` saying which), so nothing downstream expands them."""
+    depth = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):  # events, not recursion: deep nesting stops here
+        depth += isinstance(event, yaml.CollectionStartEvent) - isinstance(event, yaml.CollectionEndEvent)
+        if depth > MAX_YAML_DEPTH:
+            raise YamlLimitError(f"nested more than {MAX_YAML_DEPTH} levels deep", event.start_mark.line + 1)
     loader = yaml.SafeLoader(text)
     try:
-        try:
-            node = loader.get_single_node()
-        except RecursionError:
-            raise YamlLimitError(f"nested more than {MAX_YAML_DEPTH} levels deep") from None
+        node = loader.get_single_node()
         if node is None:
             return None
         _expanded_size(node, {})
@@ -279,7 +301,7 @@ def parse_override(text: str) -> tuple[tuple[str, ...], Any]:
     except yaml.YAMLError:
         value = raw
     except YamlLimitError as exc:
-        raise JobError(f"--set {_clip(key, 60)}: {exc}; give a plain value") from None
+        raise JobError(f"--set {_clip(key, 60)}: {exc}; {exc.hint}") from None
     except (ValueError, TypeError, OverflowError):
         value = raw
     return tuple(key.strip().split(".")), value
@@ -295,10 +317,10 @@ def apply_override(data: dict, key: tuple[str, ...], value: Any, cwd: Path) -> N
             raise JobError(f"--set {'.'.join(key)}: {'.'.join(key[:i + 1])} is not a section")
         node = nxt
     if key in PATH_KEYS:
-        value = _resolve(value, cwd)
+        value = _resolve(value, cwd, "--set " + ".".join(key))
     elif key[-1] in ("loader", "class", "metric") and isinstance(value, str) and value.rpartition(":")[0].endswith(".py"):
         mod, _, fn = value.rpartition(":")
-        value = f"{_resolve(mod, cwd)}:{fn}"
+        value = f"{_resolve(mod, cwd, '--set ' + '.'.join(key))}:{fn}"
     node[key[-1]] = value
 
 
@@ -373,7 +395,7 @@ def read_job_data(path: Path) -> dict:
     try:
         data = safe_yaml(text)
     except YamlLimitError as exc:
-        raise JobError(f"{path}: {exc}; write the values out instead") from None
+        raise JobError(f"{path}{f':{exc.line}' if exc.line else ''}: {exc}; {exc.hint}") from None
     except (ValueError, TypeError, OverflowError) as exc:  # e.g. a date like 2024-13-45
         raise JobError(f"{path}: malformed YAML value ({_clip(str(exc), 80)}); quote it or fix it") from None
     except yaml.YAMLError as exc:
@@ -389,7 +411,10 @@ def read_job_data(path: Path) -> dict:
 def job_from_data(data: dict, path: Path, overrides: list[str] = (), cwd: Path | None = None) -> Job:
     """Validate one job's mapping (paths in it relative to ``path``'s folder)."""
     cwd = Path.cwd() if cwd is None else cwd
-    _resolve_paths(data, path.resolve().parent)
+    try:
+        _resolve_paths(data, path.resolve().parent)
+    except JobError as exc:
+        raise JobError(f"{path}: {exc}") from None
     for text_override in overrides:
         key, value = parse_override(text_override)
         apply_override(data, key, value, cwd)

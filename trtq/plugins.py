@@ -7,7 +7,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
-from .errors import JobError
+from .errors import JobError, one_line
 
 
 def import_callable(ref: str, key: str):
@@ -29,11 +29,3 @@ def import_callable(ref: str, key: str):
         raise JobError(f"{key}: cannot import '{ref}' ({one_line(exc)}); give 'file.py:name' or 'package.module:name'") from None
     except Exception as exc:  # noqa: BLE001 - the module's own code raised while it was imported
         raise JobError(f"{key}: importing '{ref}' raised {one_line(exc)}; fix that code") from None
-
-
-def one_line(exc: BaseException, limit: int = 200) -> str:
-    """``Type: first line of the message``, at most ``limit`` characters: user code's exception
-    in a one-line error."""
-    lines = str(exc).strip().splitlines()
-    text = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
-    return text if len(text) <= limit else text[:limit - 1] + "…"

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import io
+import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from ..errors import DataError
+from ..errors import DataError, one_line
 from ..job import Preprocess
 
 _RESAMPLE = {
@@ -20,25 +22,42 @@ _RESAMPLE = {
 }
 
 
+MAX_PIXELS = 50_000_000  # a 50-megapixel photo; decoding one takes ~0.6 GB at most
+
+
+def _decode(path: Path, spec: Preprocess) -> np.ndarray:
+    """Decode, resize and crop one image to float32 HWC (or HW)."""
+    # from memory: a damaged chunk length makes a file object's read(n) allocate n bytes up front
+    with Image.open(io.BytesIO(path.read_bytes())) as im:
+        if im.size[0] * im.size[1] > MAX_PIXELS:  # before any pixel is decoded
+            raise DataError(f"{path}: image declares {im.size[0]}x{im.size[1]} pixels, more than the {MAX_PIXELS // 10**6} M "
+                            "trtq decodes; downscale it first")
+        im = im.convert("L" if spec.color == "L" else "RGB")
+        if spec.resize:
+            w, h = im.size
+            s = spec.resize / min(w, h)
+            im = im.resize((max(1, round(w * s)), max(1, round(h * s))), _RESAMPLE[spec.interpolation])
+        if spec.crop:
+            ch, cw = (spec.crop, spec.crop) if isinstance(spec.crop, int) else spec.crop
+            w, h = im.size
+            if cw > w or ch > h:
+                raise DataError(f"{path}: image is {w}x{h} after resize, smaller than crop {cw}x{ch}; raise preprocess.resize")
+            left, top = round((w - cw) / 2), round((h - ch) / 2)
+            im = im.crop((left, top, left + cw, top + ch))
+        return np.asarray(im, dtype=np.float32)
+
+
 def load_image(path: Path, spec: Preprocess) -> np.ndarray:
-    """Return one preprocessed image as float32, CHW (or HWC), without a batch dimension."""
+    """Return one preprocessed image as float32, CHW (or HWC), without a batch dimension.
+    Images of more than ``MAX_PIXELS`` (and past Pillow's decompression-bomb limit) are refused."""
     try:
-        with Image.open(path) as im:
-            im = im.convert("L" if spec.color == "L" else "RGB")
-            if spec.resize:
-                w, h = im.size
-                s = spec.resize / min(w, h)
-                im = im.resize((max(1, round(w * s)), max(1, round(h * s))), _RESAMPLE[spec.interpolation])
-            if spec.crop:
-                ch, cw = (spec.crop, spec.crop) if isinstance(spec.crop, int) else spec.crop
-                w, h = im.size
-                if cw > w or ch > h:
-                    raise DataError(f"{path}: image is {w}x{h} after resize, smaller than crop {cw}x{ch}; raise preprocess.resize")
-                left, top = round((w - cw) / 2), round((h - ch) / 2)
-                im = im.crop((left, top, left + cw, top + ch))
-            x = np.asarray(im, dtype=np.float32)
-    except (UnidentifiedImageError, OSError) as exc:
-        raise DataError(f"{path}: cannot decode image ({exc.__class__.__name__}); remove it or convert it") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            x = _decode(path, spec)
+    except DataError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - Pillow's decoders raise many kinds on damaged or hostile files
+        raise DataError(f"{path}: cannot decode image ({one_line(exc, 120)}); remove it or convert it") from None
     if x.ndim == 2:
         x = x[:, :, None]
     if spec.color == "BGR":

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DataError, TrtqError
+from ..errors import DataError, TrtqError, one_line
 from ..job import DataSpec
 from ..model.load import InputSpec
-from ..plugins import import_callable, one_line
+from ..plugins import import_callable
 from .preprocess import load_image
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
@@ -75,11 +75,36 @@ def _read_labels(csv_path: Path, section: str) -> dict[str, int]:
             reader = csv.DictReader(f)
             if not reader.fieldnames or not {"file", "class_index"} <= set(reader.fieldnames):
                 raise DataError(f"{csv_path}: labels CSV needs the columns 'file,class_index'")
-            return {row["file"]: int(row["class_index"]) for row in reader}
-    except ValueError as exc:
-        raise DataError(f"{csv_path}: bad class_index ({exc}); every class_index must be an integer") from None
+            rows = [(row["file"], row["class_index"]) for row in reader]
     except OSError as exc:
         raise DataError(f"{csv_path}: cannot read labels ({exc.strerror}); check {section}.labels") from None
+    except (csv.Error, UnicodeDecodeError) as exc:
+        raise DataError(f"{csv_path}: not a readable CSV ({one_line(exc)}); write 'file,class_index' rows") from None
+    labels = {}
+    for n, (file, text) in enumerate(rows, start=2):
+        if not isinstance(text, str) or not text.strip().isdigit():
+            raise DataError(f"{csv_path}:{n}: class_index {_short(text)} is not a class index; every class_index must "
+                            "be an integer ≥ 0")
+        labels[file] = int(text)
+    return labels
+
+
+def _short(value, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def class_indices(values, where: str) -> np.ndarray:
+    """Labels as int64 class indices; fractional, negative or non-numeric labels are refused
+    (they would be silently truncated or index the wrong class)."""
+    arr = np.asarray(values)
+    if arr.dtype.kind not in "iuf" or arr.ndim != 1:
+        raise DataError(f"{where}: labels are {arr.dtype} of shape {arr.shape}; give one integer class index per sample")
+    if arr.dtype.kind == "f" and not (np.isfinite(arr).all() and (arr == np.round(arr)).all()):
+        raise DataError(f"{where}: labels hold fractional or non-finite values; give integer class indices")
+    if arr.size and arr.min() < 0:
+        raise DataError(f"{where}: labels hold {arr.min()}; class indices must be ≥ 0")
+    return arr.astype(np.int64)
 
 
 def _image_source(spec: DataSpec, inputs: list[InputSpec], section: str) -> Source:
@@ -118,8 +143,11 @@ def _array_samples(path: Path, spec: DataSpec, inputs: list[InputSpec], section:
             else:
                 raise DataError(f"{path}: arrays {', '.join(data_keys)} match no model input ({', '.join(sorted(names))}); name them after the inputs")
             labels = npz[label_key] if label_key else None
-    except (ValueError, OSError) as exc:
-        raise DataError(f"{path}: cannot read array file ({exc}); give a .npy or .npz written by numpy") from None
+        labels = class_indices(labels, str(path)) if labels is not None else None
+    except DataError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - numpy and zipfile raise a dozen kinds on damaged files
+        raise DataError(f"{path}: cannot read array file ({one_line(exc, 120)}); give a .npy or .npz written by numpy") from None
     lengths = {k: a.shape[0] if a.ndim else 0 for k, a in arrays.items()}
     if len(set(lengths.values())) != 1 or (labels is not None and len(labels) != next(iter(lengths.values()))):
         raise DataError(f"{path}: arrays have different first dimensions {lengths}; all must hold the same samples")
@@ -127,8 +155,11 @@ def _array_samples(path: Path, spec: DataSpec, inputs: list[InputSpec], section:
 
     def gen():
         for i in range(n):
-            yield Sample(f"{path.name}[{i}]", {k: np.asarray(a[i]) for k, a in arrays.items()},
-                         int(labels[i]) if labels is not None else None)
+            try:
+                feeds = {k: np.asarray(a[i]) for k, a in arrays.items()}
+            except (OSError, ValueError) as exc:  # a memory-mapped .npy shorter than its header says
+                raise DataError(f"{path}: cannot read sample {i} ({one_line(exc, 120)})") from None
+            yield Sample(f"{path.name}[{i}]", feeds, int(labels[i]) if labels is not None else None)
 
     return n, labels is not None, gen()
 
@@ -175,8 +206,9 @@ def _loader_source(spec: DataSpec, inputs: list[InputSpec], section: str) -> Sou
             n = {len(a) if a.ndim else 0 for a in arrays.values()}
             if len(n) != 1:
                 raise DataError(f"{section}.loader: batch {b} has arrays of different batch sizes; all must match")
+            labels = class_indices(batch[label_key], f"{section}.loader: batch {b}") if label_key else None
             for i in range(n.pop()):
-                label = int(batch[label_key][i]) if label_key else None
+                label = int(labels[i]) if label_key else None
                 yield Sample(f"batch{b}[{i}]", {k: a[i] for k, a in arrays.items()}, label)
 
     return Source(f"loader {spec.loader}", gen(), None, False)
