@@ -83,6 +83,12 @@ def write_atomic(path: Path, payload: Payload, fsync: bool = False, hint: str = 
     write_atomic_group([(path, payload)], fsync, hint)
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def staged_output(root: Path, name: str):
     """Yield a staging folder; on success it replaces ``root/name``."""
@@ -90,6 +96,9 @@ def staged_output(root: Path, name: str):
     try:
         root.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{name}.partial-", dir=root))
+        # mkdtemp makes it 0700, and the mode survives the rename: give the build folder the mode
+        # any new folder gets, so the account that serves the model can read it
+        staging.chmod(0o777 & ~_umask())
     except OSError as exc:
         raise OutputError(f"output: cannot write to {root} ({exc.strerror}); choose another folder with "
                           "--out DIR or the job's 'output:' key") from None

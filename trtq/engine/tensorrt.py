@@ -185,13 +185,21 @@ def fp32_runner(model: onnx.ModelProto, stage: Path, spec: TensorRTSpec, batch_s
     return EngineRunner(trt, data, cuda_runtime())
 
 
+def _no_gpu_reason(error: str) -> str:
+    """Why there is no GPU, in the words a user needs: most machines without one have no NVIDIA
+    driver at all, which CUDA reports as an 'insufficient' driver."""
+    if not Path("/proc/driver/nvidia/version").exists() and not list(Path("/dev").glob("nvidia[0-9]*")):
+        return "no NVIDIA driver or GPU found on this machine (no /proc/driver/nvidia, no /dev/nvidia*)"
+    return error
+
+
 def doctor() -> dict:
     """What this machine has for trtq's targets, and what that allows."""
     import onnxruntime as ort
 
     facts: dict = {"onnxruntime": ort.__version__, "onnxruntime_providers": ort.get_available_providers()}
     try:
-        trt = require_tensorrt()
+        trt = require_tensorrt("target: tensorrt")
         facts["tensorrt"] = str(trt.__version__)
     except BackendError as exc:
         facts["tensorrt"] = None
@@ -205,7 +213,7 @@ def doctor() -> dict:
     except BackendError as exc:
         facts.setdefault("cuda_binding", None)
         facts["gpu"] = None
-        facts["gpu_error"] = str(exc)
+        facts["gpu_error"] = _no_gpu_reason(str(exc))
     allows = ["target: onnxruntime (INT8 engine on this CPU)"]
     if facts.get("tensorrt") and facts.get("gpu"):
         major = int(facts["tensorrt"].split(".")[0])

@@ -61,7 +61,7 @@ def evaluate(prepared: PreparedModel, spec: EvaluationSpec, qdq_model: onnx.Mode
     per_layer = _per_layer(prepared, spec, qdq_model, progress) if spec.per_layer_samples else None
     lat: dict = {"fp32": {}, "int8": {}}
     raw: dict = {}
-    with progress.task("measuring latency", len(lspec.batch_sizes)) as advance:
+    with progress.task("measuring latency", len(lspec.batch_sizes), "batch sizes") as advance:
         for bs in lspec.batch_sizes:
             times = timer(_latency_feeds(first, bs))
             raw[str(bs)] = times
@@ -94,7 +94,7 @@ def _accuracy(prepared: PreparedModel, spec: EvaluationSpec, fp32, int8,
     kept: dict[str, list] = {"fp32": [], "int8": [], "labels": []}
     first: dict[str, np.ndarray] | None = None
     src = open_source(spec, inputs, "evaluation")
-    with progress.task("evaluating accuracy", planned_count(src, spec.skip, spec.max_samples)) as advance:
+    with progress.task("evaluating accuracy", planned_count(src, spec.skip, spec.max_samples), "samples") as advance:
         for batch in prefetch(batches(src, inputs, spec.batch_size, "evaluation", spec.skip, spec.max_samples)):
             if first is None:
                 first = batch.feeds
@@ -118,7 +118,7 @@ def _per_layer(prepared: PreparedModel, spec: EvaluationSpec, qdq_model: onnx.Mo
     threads = spec.latency.threads
     src = open_source(spec, prepared.inputs, "evaluation")
     planned = planned_count(src, spec.skip, spec.max_samples) or spec.per_layer_samples
-    with progress.task("per-layer error", min(spec.per_layer_samples, planned)) as advance:
+    with progress.task("per-layer error", min(spec.per_layer_samples, planned), "samples") as advance:
         per_layer = per_layer_errors(
             prepared.model, qdq_model, prepared.plan,
             batches(src, prepared.inputs, spec.batch_size, "evaluation", spec.skip, spec.max_samples),
