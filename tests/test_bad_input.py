@@ -296,3 +296,18 @@ def test_disk_full_in_a_library_write_is_one_line(tiny, run_cli, monkeypatch):
     want = f"trtq: error: {tiny['dir'] / 'out' / 'x'}: no space left on device; free some space or choose another folder with --out"
     assert code == 2 and err.strip().splitlines() == [want], err
     assert [p.name for p in (tiny["dir"] / "out").iterdir()] == [".trtq-stats"], "something partial was left"
+
+
+@pytest.mark.parametrize("values,dtype,fits", [([70000], np.int32, np.float16), ([-1e39], np.float64, np.float32),
+                                               ([3, -5], np.int64, None), ([1e38], np.float64, None)])
+def test_values_beyond_the_model_float_type(values, dtype, fits):
+    """The cast would make them Inf; ints past float16's range included."""
+    from trtq.data.sources import _check_fits
+    from trtq.errors import DataError
+
+    arr, target = np.array(values, dtype), np.dtype(fits or np.float32)
+    if fits is None:
+        _check_fits(arr, target, "x")
+        return
+    with pytest.raises(DataError, match=f"beyond the {target} range"):
+        _check_fits(arr, target, "x")

@@ -267,10 +267,12 @@ def _check_sample(sample: Sample, inputs: list[InputSpec], section: str) -> dict
 
 def _check_fits(arr: np.ndarray, dtype: np.dtype, what: str) -> None:
     """Finite values beyond the model's float type would turn into Inf when cast (float64 1e39
-    → float32 inf): refuse them, naming the value."""
-    if dtype.kind != "f" or arr.dtype.kind != "f" or arr.dtype.itemsize <= dtype.itemsize or arr.size == 0:
+    → float32 inf, int 70000 → float16 inf): refuse them, naming the value."""
+    if dtype.kind != "f" or arr.dtype.kind not in "iuf" or arr.size == 0:
         return
-    peak = float(np.max(np.abs(arr)))
+    if arr.dtype.kind == "f" and arr.dtype.itemsize <= dtype.itemsize:
+        return
+    peak = float(max(-float(np.min(arr)), float(np.max(arr))))
     limit = float(np.finfo(dtype).max)
     if peak > limit:
         raise DataError(f"{what} holds {peak:.3g}, beyond the {dtype} range of the model (±{limit:.3g}); "
