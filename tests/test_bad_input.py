@@ -83,6 +83,8 @@ CASES = {
     "top-level key typo": _top_level_typo,
     "nested key typo": lambda t: (["build", job_with(t, calibrator__methd="minmax")], ("calibrator.methd", "did you mean 'method'")),
     "wrong type": lambda t: (["build", job_with(t, calibration__batch_size="eight")], ("calibration.batch_size", "'eight'")),
+    "a union key's value": lambda t: (["build", job_with(t, calibration__preprocess={"crop": [1, 2, 3]})],
+                                      ("calibration.preprocess.crop", "valid integer, or", "at most 2 items")),
     "name with ../": lambda t: (["build", job_with(t, name="../escape")], ("name", "'../escape'")),
     "missing model": lambda t: (["build", job_with(t, model="missing.onnx")], ("missing.onnx", "not found")),
     "not ONNX": lambda t: (_model_bytes(t, "fake.onnx", b"not a protobuf \xff\xfe" * 10), ("fake.onnx", "not an ONNX model")),

@@ -357,11 +357,16 @@ def _short(value: Any, limit: int = 60) -> str:
     return _clip(r.repr(value), limit)
 
 
+def _key_path(e: dict) -> tuple[str, ...]:
+    """The dotted key of a pydantic error; pydantic names the member of a union it tried
+    (``int``, ``tuple[int, int]``…) in ``loc``: those are dropped."""
+    loc = tuple(str(p) for p in e["loc"] if not str(p).startswith("function-"))
+    return tuple(_clip(p, 40) for p in loc if not _is_type_tag(p))
+
+
 def _format_error(source: str, err: ValidationError) -> str:
     e = _first_error(err)
-    loc = tuple(str(p) for p in e["loc"] if not str(p).startswith("function-"))
-    # pydantic reports the member of a union it tried; drop type tags like 'int' or 'tuple[...]'
-    loc = tuple(_clip(p, 40) for p in loc if not _is_type_tag(p))
+    loc = _key_path(e)
     dotted = ".".join(loc) or "(top level)"
     if e["type"] == "extra_forbidden":
         allowed = _fields_at(loc[:-1])
@@ -372,7 +377,9 @@ def _format_error(source: str, err: ValidationError) -> str:
         return f"{source}: {dotted}: required key is missing; add it to the job"
     got = e.get("input")
     got_s = f" (got {_short(got)})" if not isinstance(got, dict) else ""
-    msg = _clip(e["msg"].removeprefix("Value error, "), 200)
+    # a union (crop: int | [h, w]) fails once per member: say what each member wanted
+    msgs = dict.fromkeys(x["msg"].removeprefix("Value error, ") for x in err.errors()[:20] if _key_path(x) == loc)
+    msg = _clip(", or ".join(msgs), 200)
     return f"{source}: {dotted}: {msg}{got_s}"
 
 
