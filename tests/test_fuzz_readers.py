@@ -9,7 +9,9 @@ Nothing here may run code: a pickled .npy and a ``!!python/`` tag are refused.
 
 from __future__ import annotations
 
+import csv
 import io
+import re
 import struct
 import tempfile
 import tracemalloc
@@ -237,7 +239,8 @@ def test_array_headers_that_lie(header, kind, tmp_path):
     _one_line(info.value, f"d.{kind}")
 
 
-CSV_LABEL = st.one_of(st.integers(-3, 5).map(str), st.floats(-2, 5, allow_nan=False).map(str), YAMLISH)
+CSV_LABEL = st.one_of(st.integers(-3, 5).map(str), st.floats(-2, 5, allow_nan=False).map(str), YAMLISH,
+                      st.just("9" * 30), st.just("\u0663"), st.just("\u00b2"))  # huge, Arabic-Indic 3, superscript 2
 
 
 @SETTINGS
@@ -254,11 +257,12 @@ def test_image_folders_give_samples_or_their_error(part, data):
         folder = Path(tmp)
         (folder / "a.png").write_bytes(png)
         (folder / "b.png").write_bytes(_png_bytes(10, 12))
-        (folder / "labels.csv").write_text(f"file,class_index\na.png,{labels[0]}\nb.png,{labels[1]}\n")
+        with open(folder / "labels.csv", "w", newline="") as f:  # each label exactly one field, quoted if need be
+            csv.writer(f).writerows([("file", "class_index"), ("a.png", labels[0]), ("b.png", labels[1])])
         spec = DataSpec(path=folder, preprocess={"resize": 8, "crop": 8})
         got = _read_or_error(folder, spec, "a.png", "labels.csv")
     if got is not None:
-        assert all(lb.isdigit() for lb in labels), labels  # fractional and negative classes are refused
+        assert all(re.fullmatch(r"[0-9]+", lb.strip()) for lb in labels), labels  # fractional, negative: refused
         assert got[0].labels.tolist() == [int(lb) for lb in labels]
 
 
@@ -325,3 +329,13 @@ def test_sweeps_expand_or_give_their_error(sweep):
         return
     assert len(jobs) <= MAX_POINTS
     assert all(len(name) <= 1 + len(sweep) * (MAX_SLUG + 1) for name, _ in jobs)
+
+
+@pytest.mark.parametrize("label", ["9" * 30, "\u0663", "\u00b2", "1.0", "-1", " ", "0x1"])
+def test_labels_csv_class_index_must_be_plain_digits(label, tmp_path):
+    (tmp_path / "a.png").write_bytes(_png_bytes(12, 10))
+    with open(tmp_path / "labels.csv", "w", newline="") as f:
+        csv.writer(f).writerows([("file", "class_index"), ("a.png", label)])
+    with pytest.raises(DataError) as info:
+        _read(DataSpec(path=tmp_path, preprocess={"resize": 8, "crop": 8}))
+    _one_line(info.value, "labels.csv:2")

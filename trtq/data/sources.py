@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import itertools
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,7 +83,7 @@ def _read_labels(csv_path: Path, section: str) -> dict[str, int]:
         raise DataError(f"{csv_path}: not a readable CSV ({one_line(exc)}); write 'file,class_index' rows") from None
     labels = {}
     for n, (file, text) in enumerate(rows, start=2):
-        if not isinstance(text, str) or not text.strip().isdigit():
+        if not isinstance(text, str) or not re.fullmatch(r"[0-9]{1,9}", text.strip()):
             raise DataError(f"{csv_path}:{n}: class_index {_short(text)} is not a class index; every class_index must "
                             "be an integer ≥ 0")
         labels[file] = int(text)
