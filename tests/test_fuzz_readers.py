@@ -127,6 +127,9 @@ def overrides(draw):
 @example(b"a: " + b"[" * 5000 + b"]" * 5000 + b"\n", [])
 @example(JOB.encode(), ["calibration.batch_size=" + "[" * 3000])
 @example(JOB.encode(), ["model=a\x00b"])
+@example(JOB.encode() + b"x" * 10**6 + b": 1\n", [])  # a huge misspelled key
+@example(JOB.encode(), ["calibration.batch_size=" + "y" * 10**6])  # a huge wrong value
+@example(JOB.encode(), ["calibrator.percentile=[" + ", ".join(["[1, 2, 3]"] * 5000) + "]"])  # 20,000 values
 def test_job_loader_gives_a_job_or_its_error(text, sets):
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "job.yaml"
@@ -135,6 +138,7 @@ def test_job_loader_gives_a_job_or_its_error(text, sets):
             job = load_job(path, sets, cwd=Path(tmp))
         except JobError as exc:
             _one_line(exc, "job.yaml", "--set")
+            assert len(str(exc)) < 400
             return
     assert job.name and job.calibration.batch_size >= 1
 

@@ -222,6 +222,8 @@ def _resolve_paths(data: dict, base: Path) -> None:
 
 MAX_YAML_VALUES = 100_000  # a job is a few hundred values; aliases must not expand past this
 MAX_YAML_DEPTH = 64
+MAX_YAML_BYTES = 1 << 20  # a job file is a few KB; parsing 1 MB of YAML already takes about a second
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's parser where PyYAML was built with it
 
 
 class YamlLimitError(ValueError):
@@ -272,12 +274,14 @@ def _expanded_size(node: yaml.Node, memo: dict[int, int], depth: int = 0) -> int
 def safe_yaml(text: str) -> Any:
     """``yaml.safe_load`` that refuses alias bombs, recursive aliases and deep nesting before
     building any value (:class:`YamlLimitError` saying which), so nothing downstream expands them."""
+    if len(text) > MAX_YAML_BYTES:
+        raise YamlLimitError(f"{len(text)} characters of YAML, more than {MAX_YAML_BYTES} a job may hold")
     depth = 0
-    for event in yaml.parse(text, Loader=yaml.SafeLoader):  # events, not recursion: deep nesting stops here
+    for event in yaml.parse(text, Loader=_Loader):  # events, not recursion: deep nesting stops here
         depth += isinstance(event, yaml.CollectionStartEvent) - isinstance(event, yaml.CollectionEndEvent)
         if depth > MAX_YAML_DEPTH:
             raise YamlLimitError(f"nested more than {MAX_YAML_DEPTH} levels deep", event.start_mark.line + 1)
-    loader = yaml.SafeLoader(text)
+    loader = _Loader(text)
     try:
         node = loader.get_single_node()
         if node is None:
