@@ -134,12 +134,17 @@ def test_job_loader_gives_a_job_or_its_error(text, sets):
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "job.yaml"
         path.write_bytes(text)
+        tracemalloc.start()
         try:
             job = load_job(path, sets, cwd=Path(tmp))
         except JobError as exc:
             _one_line(exc, "job.yaml", "--set")
             assert len(str(exc)) < 400
             return
+        finally:
+            peak = tracemalloc.get_traced_memory()[1]
+            tracemalloc.stop()
+            assert peak < MEMORY_LIMIT // 4, peak
     assert job.name and job.calibration.batch_size >= 1
 
 
