@@ -313,3 +313,24 @@ def test_values_beyond_the_model_float_type(values, dtype, fits):
         return
     with pytest.raises(DataError, match=f"beyond the {target} range"):
         _check_fits(arr, target, "x")
+
+
+def test_sigterm_to_a_parallel_run_leaves_nothing(tmp_path):
+    """What a CI time-out does: SIGTERM to the whole process group of 'trtq run' with 2 workers."""
+    onnx.save(tiny_model(), tmp_path / "tiny.onnx")
+    (tmp_path / "slow.py").write_text(SLOW_LOADER)
+    for name in ("a", "b", "c"):
+        write_job(tmp_path / f"{name}.yaml", {"name": name, "model": "tiny.onnx", "output": "out",
+                                              "calibration": {"loader": "slow.py:batches", "batch_size": 2}})
+    proc = subprocess.Popen([sys.executable, "-m", "trtq", "run", str(tmp_path), "--workers", "2", "-q"], env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    out, deadline = tmp_path / "out", time.monotonic() + 90
+    while len(list(out.glob(".*.partial-*"))) < 2:
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    time.sleep(1.0)
+    os.killpg(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("trtq: terminated"), err
+    assert [p.name for p in out.iterdir() if p.name != ".trtq-stats"] == [], "a staging folder or a build was left"

@@ -12,7 +12,9 @@ import errno
 import hashlib
 import os
 import shutil
+import signal
 import tempfile
+import threading
 from collections.abc import Callable, Iterable
 from contextlib import contextmanager
 from pathlib import Path
@@ -81,6 +83,42 @@ def write_atomic_group(items: Iterable[tuple[Path, Payload]], fsync: bool = Fals
 def write_atomic(path: Path, payload: Payload, fsync: bool = False, hint: str = "") -> None:
     """One file, atomically (see :func:`write_atomic_group`)."""
     write_atomic_group([(path, payload)], fsync, hint)
+
+
+class Terminated(BaseException):
+    """SIGTERM (``kill``, systemd, Kubernetes, CI time-outs), raised in the main thread so that a
+    staged build folder is removed on the way out, as on Ctrl-C."""
+
+
+_TERMINATED = threading.Event()  # this process got SIGTERM: a worker starts no further build
+
+
+def raise_on_sigterm(signum=None, frame=None):
+    """The SIGTERM handler; also a process pool's initializer (``signum`` None: install it)."""
+    if signum is None:
+        signal.signal(signal.SIGTERM, raise_on_sigterm)
+        return
+    _TERMINATED.set()
+    raise Terminated
+
+
+def check_terminated() -> None:
+    """Raise :class:`Terminated` if this process got SIGTERM before (a pool worker's next task)."""
+    if _TERMINATED.is_set():
+        raise Terminated
+
+
+@contextmanager
+def sigterm_raises():
+    """SIGTERM raises :class:`Terminated` while the block runs (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, raise_on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _umask() -> int:

@@ -10,10 +10,9 @@ import errno
 import math
 import signal
 import sys
-import threading
-from contextlib import contextmanager
 from pathlib import Path
 
+from .artifacts import Terminated, sigterm_raises
 from .errors import TrtqError
 
 
@@ -319,27 +318,6 @@ def make_parser() -> argparse.ArgumentParser:  # long but flat: one declarative 
     return p
 
 
-class Terminated(BaseException):
-    """SIGTERM (``kill``, systemd, Kubernetes, CI time-outs), raised in the main thread so that
-    the staged build folder is removed on the way out, as on Ctrl-C."""
-
-
-def _on_sigterm(signum, frame):
-    raise Terminated
-
-
-@contextmanager
-def _sigterm_raises():
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = make_parser()
     args = parser.parse_args(argv)
@@ -347,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        with _sigterm_raises():
+        with sigterm_raises():
             return args.func(args)
     except TrtqError as exc:
         print(f"trtq: error: {exc}", file=sys.stderr)
