@@ -11,6 +11,11 @@ TRT_WHEELS := .cache/trt-bindings
 TRT_BINDINGS := tensorrt-cu12-bindings==10.0.1 tensorrt-cu12-bindings==10.16.1.11 \
                 tensorrt-cu13-bindings==11.0.0.114 tensorrt-cu13-bindings==11.4.0.106
 
+# pip prints setuptools' "Editable installation ... folders with the same name as your package"
+# note on each (re)install: with this flat layout (trtq/ at the root, no src/) setuptools installs a
+# meta-path finder that maps only the 'trtq' package, so tests/, bench/, examples/ do not become
+# importable top-level names. The note is true and harmless here: 'python -m …' run in a folder
+# holding a 'trtq' folder imports that one first (how each checkout tests its own copy).
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip

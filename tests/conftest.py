@@ -71,6 +71,31 @@ def tiny(tmp_path) -> dict:
     return {"dir": tmp_path, "model": model_path, "x": x, "job": job, "job_path": write_job(tmp_path / "job.yaml", job)}
 
 
+def assert_clean_error(code, err, *needles, out_dir: Path | None = None):
+    """A user error as the README promises: exit 2, one line naming ``needles``, no traceback,
+    and (``out_dir``) no partial artifact — only the atomically written statistics store."""
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    for n in needles:
+        assert n in lines[0], lines[0]
+    if out_dir is not None and out_dir.exists():
+        assert [p.name for p in out_dir.iterdir() if p.name != ".trtq-stats"] == [], "partial artifacts were left behind"
+
+
+def job_with(tiny: dict, **changes) -> Path:
+    """The tiny job with ``section__key=value`` changes, written to job.yaml."""
+    job = {k: (dict(v) if isinstance(v, dict) else v) for k, v in tiny["job"].items()}
+    for dotted, value in changes.items():
+        node = job
+        *parents, last = dotted.split("__")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[last] = value
+    return write_job(tiny["dir"] / "job.yaml", job)
+
+
 def write_job(path: Path, job: dict) -> Path:
     path.write_text(yaml.safe_dump(job, sort_keys=False))
     return path

@@ -111,14 +111,15 @@ def test_to_qdq_reads_bare_zero_scales_and_refuses_infinite_ones(tiny, run_cli, 
     lines = (tiny["dir"] / "out" / "tiny" / "calibration.cache").read_text().splitlines()
     zero = [ln if not ln.startswith("relu_out:") else "relu_out: 0" for ln in lines]
     (tmp_path / "zero.cache").write_text("\n".join(zero) + "\n")
-    code, _, err = run_cli("cache", "to-qdq", tiny["model"], tmp_path / "zero.cache", "-o", tmp_path / "z.onnx")
+    code, out, err = run_cli("cache", "to-qdq", tiny["model"], tmp_path / "zero.cache", "-o", tmp_path / "z.onnx")
     assert code == 0, err
+    assert "1 tensor(s) have a zero scale in the cache (a zero range) and get amax 1" in out and "relu_out" in out
     scales = {i.name: i for i in onnx.load(tmp_path / "z.onnx").graph.initializer}
     assert float(numpy_helper.to_array(scales["relu_out_scale"])) == np.float32(1 / 127)
     inf = [ln if not ln.startswith("flat:") else "flat: 7f800000" for ln in lines]
     (tmp_path / "inf.cache").write_text("\n".join(inf) + "\n")
     code, _, err = run_cli("cache", "to-qdq", tiny["model"], tmp_path / "inf.cache", "-o", tmp_path / "i.onnx")
     assert code == 2 and len(err.strip().splitlines()) == 1
-    assert "'flat' is inf" in err and not (tmp_path / "i.onnx").exists()
+    assert "tensor 'flat' has scale inf" in err and not (tmp_path / "i.onnx").exists()
     code, out, err = run_cli("cache", "show", tmp_path / "inf.cache")
     assert code == 0 and "inf" in out

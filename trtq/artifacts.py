@@ -8,15 +8,18 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import shutil
+import signal
 import tempfile
+import threading
 from collections.abc import Callable, Iterable
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import OutputError
+from .errors import NoSpaceError, OutputError
 
 # -- a build folder ------------------------------------------------------------------------------
 QDQ_MODEL = "model.int8.onnx"  # the TensorRT-flavour Q/DQ model
@@ -70,6 +73,8 @@ def write_atomic_group(items: Iterable[tuple[Path, Payload]], fsync: bool = Fals
         for (path, _), tmp in zip(items, tmps):
             os.replace(tmp, path)
     except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise NoSpaceError(path.parent, path.name, *([hint] if hint else [])) from None
         raise OutputError(f"{path}: cannot write ({exc.strerror or exc})" + (f"; {hint}" if hint else "")) from None
     finally:
         for tmp in tmps:
@@ -81,6 +86,48 @@ def write_atomic(path: Path, payload: Payload, fsync: bool = False, hint: str = 
     write_atomic_group([(path, payload)], fsync, hint)
 
 
+class Terminated(BaseException):
+    """SIGTERM (``kill``, systemd, Kubernetes, CI time-outs), raised in the main thread so that a
+    staged build folder is removed on the way out, as on Ctrl-C."""
+
+
+_TERMINATED = threading.Event()  # this process got SIGTERM: a worker starts no further build
+
+
+def raise_on_sigterm(signum=None, frame=None):
+    """The SIGTERM handler; also a process pool's initializer (``signum`` None: install it)."""
+    if signum is None:
+        signal.signal(signal.SIGTERM, raise_on_sigterm)
+        return
+    _TERMINATED.set()
+    raise Terminated
+
+
+def check_terminated() -> None:
+    """Raise :class:`Terminated` if this process got SIGTERM before (a pool worker's next task)."""
+    if _TERMINATED.is_set():
+        raise Terminated
+
+
+@contextmanager
+def sigterm_raises():
+    """SIGTERM raises :class:`Terminated` while the block runs (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, raise_on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def staged_output(root: Path, name: str):
     """Yield a staging folder; on success it replaces ``root/name``."""
@@ -88,12 +135,20 @@ def staged_output(root: Path, name: str):
     try:
         root.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{name}.partial-", dir=root))
+        # mkdtemp makes it 0700, and the mode survives the rename: give the build folder the mode
+        # any new folder gets, so the account that serves the model can read it
+        staging.chmod(0o777 & ~_umask())
     except OSError as exc:
         raise OutputError(f"output: cannot write to {root} ({exc.strerror}); choose another folder with "
                           "--out DIR or the job's 'output:' key") from None
     committed = False
     try:
-        yield staging
+        try:
+            yield staging
+        except NoSpaceError as exc:  # name the build folder, not the staging folder that is removed
+            if Path(exc.folder) != staging:
+                raise
+            raise NoSpaceError(final, exc.name, exc.hint) from None
         old = None
         if final.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{name}.old-", dir=root))

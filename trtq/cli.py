@@ -6,9 +6,13 @@ User errors print one line and exit 2 with no traceback; Ctrl-C likewise, leavin
 from __future__ import annotations
 
 import argparse
+import errno
+import math
+import signal
 import sys
 from pathlib import Path
 
+from .artifacts import Terminated, sigterm_raises
 from .errors import TrtqError
 
 
@@ -31,7 +35,7 @@ def _cmd_build(args) -> int:
     err = _console(stderr=True)
     progress = Progress() if args.quiet else RichProgress(err)
     result = build(job, Path(args.out).resolve() if args.out else None, progress, reuse=not args.force)
-    _print_summary(result, headline_rows(result.report, intervals=False))
+    _print_summary(result, headline_rows(result.report))
     return 0
 
 
@@ -75,7 +79,7 @@ def _cmd_eval(args) -> int:
     job = load_job(args.job, args.set or [])
     progress = Progress() if args.quiet else RichProgress(_console(stderr=True))
     result = reevaluate(job, Path(args.out).resolve() if args.out else None, progress)
-    _print_summary(result, headline_rows(result.report, intervals=False), verb="eval")
+    _print_summary(result, headline_rows(result.report), verb="eval")
     return 0
 
 
@@ -150,9 +154,11 @@ def _cmd_cache(args) -> int:
     out = _console()
     if args.cache_command == "show":
         c = convert.read_cache(Path(args.cache))
-        out.print(f"TensorRT {c.version}, {c.algorithm}, {len(c.scales)} tensors")
-        for name, scale in c.scales.items():
-            out.print(f"{name}: scale {scale:.9g}  amax {scale * 127:.6g}  ({trt_cache.encode_scale(scale)})")
+        out.print(f"TensorRT {c.version}, {c.algorithm}, {len(c.scales)} tensors", markup=False)
+        for name, scale in c.scales.items():  # names literally: '[...]' is not markup, ':word:' not an emoji
+            bits = "" if math.isnan(scale) else f"  ({trt_cache.encode_scale(scale)})"  # a NaN's payload is not kept
+            out.print(f"{name}: scale {scale:.9g}  amax {scale * 127:.6g}{bits}", markup=False, emoji=False,
+                      highlight=False, soft_wrap=True)
         return 0
     if args.cache_command == "to-qdq":
         model = Path(args.model)
@@ -162,6 +168,9 @@ def _cmd_cache(args) -> int:
         info = convert.cache_to_qdq(model, Path(args.cache), dest)
         out.print(f"wrote {dest}: {info['tensors']} quantized tensors"
                   + (f" ({info['unused_cache_entries']} cache entries not used by this model)" if info["unused_cache_entries"] else ""))
+        if info["zero_scales"]:
+            out.print(f"note: {len(info['zero_scales'])} tensor(s) have a zero scale in the cache (a zero range) and "
+                      f"get amax 1, which quantizes zeros exactly: {', '.join(info['zero_scales'][:5])}", markup=False)
         return 0
     model = Path(args.model)
     dest = Path(args.output) if args.output else model.with_name(model.stem + ".cache")
@@ -234,83 +243,128 @@ def _cmd_doctor(args) -> int:
     return 0
 
 
+class _Help(argparse.RawDescriptionHelpFormatter):
+    """Examples kept as written; every option that has a default shows it."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" not in text and action.default not in (None, False, argparse.SUPPRESS) and action.option_strings:
+            text += " (default: %(default)s)"
+        return text
+
+
+JOB_REFERENCE = "every job key: docs/job-reference.md; the report: docs/report-schema.md"
+
+
+def _command(sub, name: str, summary: str, examples: str, func) -> argparse.ArgumentParser:
+    """A subcommand with a description, its examples and the pointer to the job reference."""
+    c = sub.add_parser(name, help=summary, description=summary[0].upper() + summary[1:] + ".",
+                       epilog="examples:\n" + examples + "\n\n" + JOB_REFERENCE, formatter_class=_Help)
+    c.set_defaults(func=func)
+    return c
+
+
+def _job_options(c, out_help: str) -> None:
+    c.add_argument("job", help="the job's YAML file")
+    c.add_argument("--set", action="append", metavar="KEY.PATH=VALUE",
+                   help="override a job key, e.g. --set calibration.path=../data (repeatable)")
+    c.add_argument("--out", help=out_help)
+    c.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+
+
 def make_parser() -> argparse.ArgumentParser:  # long but flat: one declarative block per command
     from . import __version__
 
-    p = argparse.ArgumentParser(prog="trtq", description="INT8 deployment pipeline for TensorRT and ONNX Runtime")
+    p = argparse.ArgumentParser(prog="trtq", description="INT8 deployment pipeline for TensorRT and ONNX Runtime: "
+                                "calibrate, write the Q/DQ model and the TensorRT cache, build and evaluate.",
+                                epilog="examples:\n  trtq build configs/efficientnet_lite0.yaml\n  trtq doctor\n\n"
+                                "'trtq COMMAND --help' shows each command's options and examples;\n" + JOB_REFERENCE,
+                                formatter_class=_Help)
     p.add_argument("--version", action="version", version=f"trtq {__version__}")
-    sub = p.add_subparsers(dest="command", required=True)
-    b = sub.add_parser("build", help="calibrate, quantize, build and evaluate one job")
-    b.add_argument("job", help="the job's YAML file")
-    b.add_argument("--set", action="append", metavar="KEY.PATH=VALUE",
-                   help="override a job key, e.g. --set calibration.path=../data (repeatable)")
-    b.add_argument("--out", help="output root (default: the job's 'output', else ./engines)")
-    b.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    b = _command(sub, "build", "calibrate, quantize, build and evaluate one job",
+                 "  trtq build job.yaml\n  trtq build job.yaml --set calibration.max_samples=64 --out /tmp/engines",
+                 _cmd_build)
+    _job_options(b, "output root (default: the job's 'output', else ./engines)")
     b.add_argument("--force", action="store_true", help="collect calibration statistics again even if stored ones match")
-    b.set_defaults(func=_cmd_build)
-    e = sub.add_parser("eval", help="evaluate an existing build again (accuracy, per-layer error, latency)")
-    e.add_argument("job")
-    e.add_argument("--set", action="append", metavar="KEY.PATH=VALUE", help="override a job key (repeatable)")
-    e.add_argument("--out", help="output root the job was built into (default: the job's 'output')")
-    e.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    e.set_defaults(func=_cmd_eval)
-    bn = sub.add_parser("bench", help="latency of one ONNX model, trtexec-style")
-    bn.add_argument("model")
-    bn.add_argument("--batch", type=int, nargs="+", default=[1], help="batch sizes (default 1)")
-    bn.add_argument("--warmup", type=int, default=10)
-    bn.add_argument("--iterations", type=int, default=100)
+    e = _command(sub, "eval", "evaluate an existing build again (accuracy, per-layer error, latency)",
+                 "  trtq eval job.yaml\n  trtq eval job.yaml --set evaluation.max_samples=100", _cmd_eval)
+    _job_options(e, "output root the job was built into (default: the job's 'output')")
+    bn = _command(sub, "bench", "latency of one ONNX model on ONNX Runtime, trtexec-style",
+                  "  trtq bench model.onnx --batch 1 8\n  trtq bench model.onnx --shape input:1x3x224x224 --threads 4",
+                  _cmd_bench)
+    bn.add_argument("model", help="the ONNX model to time (for a TensorRT engine use trtexec --loadEngine)")
+    bn.add_argument("--batch", type=int, nargs="+", default=[1], help="batch sizes")
+    bn.add_argument("--warmup", type=int, default=10, help="untimed runs per batch size")
+    bn.add_argument("--iterations", type=int, default=100, help="timed runs per batch size")
     bn.add_argument("--duration", type=float, help="seconds to keep timing after the iterations")
     bn.add_argument("--threads", type=int, help="intra-op threads (default: onnxruntime's choice)")
     bn.add_argument("--shape", action="append", metavar="NAME:DIMS", help="shape for dynamic inputs, e.g. input:1x3x224x224")
     bn.add_argument("--json", help="also write the statistics to this file")
-    bn.set_defaults(func=_cmd_bench)
-    i = sub.add_parser("inspect", help="list a model's inputs and the ops trtq would quantize")
-    i.add_argument("model")
-    i.set_defaults(func=_cmd_inspect)
-    c = sub.add_parser("cache", help="read, convert and write TensorRT calibration caches")
-    csub = c.add_subparsers(dest="cache_command", required=True)
-    show = csub.add_parser("show", help="decode a cache: tensor, scale, amax")
-    show.add_argument("cache")
-    to = csub.add_parser("to-qdq", help="write a Q/DQ model of MODEL from the ranges in CACHE")
-    to.add_argument("model")
-    to.add_argument("cache")
+    i = _command(sub, "inspect", "list a model's inputs and the ops trtq would quantize", "  trtq inspect model.onnx",
+                 _cmd_inspect)
+    i.add_argument("model", help="the ONNX model")
+    c = _command(sub, "cache", "read, convert and write TensorRT calibration caches",
+                 "  trtq cache show calibration.cache\n  trtq cache to-qdq model.onnx calibration.cache -o model.int8.onnx\n"
+                 "  trtq cache from-qdq model.int8.onnx --cache-version 100300", _cmd_cache)
+    csub = c.add_subparsers(dest="cache_command", required=True, metavar="ACTION")
+    show = csub.add_parser("show", help="decode a cache: tensor, scale, amax", formatter_class=_Help)
+    show.add_argument("cache", help="a TensorRT calibration cache (TRT-<version>-<algorithm> header)")
+    to = csub.add_parser("to-qdq", help="write a Q/DQ model of MODEL from the ranges in CACHE", formatter_class=_Help)
+    to.add_argument("model", help="the FP32 ONNX model the cache was made for")
+    to.add_argument("cache", help="its TensorRT calibration cache")
     to.add_argument("-o", "--output", help="default: <model>.int8.onnx beside the model")
-    fr = csub.add_parser("from-qdq", help="write the TensorRT cache of a Q/DQ model")
-    fr.add_argument("model")
+    fr = csub.add_parser("from-qdq", help="write the TensorRT cache of a Q/DQ model", formatter_class=_Help)
+    fr.add_argument("model", help="a Q/DQ ONNX model such as model.int8.onnx")
     fr.add_argument("-o", "--output", help="default: <model>.cache beside the model")
     fr.add_argument("--cache-version", help="the TensorRT version number in the header (default: the installed "
                     "TensorRT's, else 8601)")
     fr.add_argument("--algorithm", default="EntropyCalibration2",
-                    choices=["EntropyCalibration2", "EntropyCalibration", "MinMaxCalibration", "LegacyCalibration"])
-    c.set_defaults(func=_cmd_cache)
-    r = sub.add_parser("run", help="build many jobs (files, folders, sweeps) incrementally, locally or on Ray")
+                    choices=["EntropyCalibration2", "EntropyCalibration", "MinMaxCalibration", "LegacyCalibration"],
+                    help="the calibrator named in the header")
+    r = _command(sub, "run", "build many jobs (files, folders, sweeps) incrementally, locally or on Ray",
+                 "  trtq run configs/sweeps\n  trtq run a.yaml b.yaml --workers 2 --out /tmp/engines\n"
+                 "  trtq run configs/sweeps --ray auto", _cmd_run)
     r.add_argument("paths", nargs="+", help="job files and folders of job files")
     r.add_argument("--set", action="append", metavar="KEY.PATH=VALUE", help="override a key in every job (repeatable)")
     r.add_argument("--out", help="output root for every job (default: each job's 'output'); summary.md goes here")
     r.add_argument("--force", action="store_true", help="rebuild and re-evaluate even what is up to date")
     r.add_argument("--workers", type=int, help="parallel builds (default: one per two cores, at most 4)")
     r.add_argument("--ray", metavar="ADDRESS", help="run on Ray: 'local', 'auto' or a cluster address")
-    r.add_argument("--ray-cpus", type=int, default=1, help="CPUs each Ray build task asks for (default 1)")
+    r.add_argument("--ray-cpus", type=int, default=1, help="CPUs each Ray build task asks for")
     r.add_argument("--ray-shared", action="store_true",
                    help="the output root is on a filesystem every Ray node mounts: tasks write there directly "
                         "(default: artifacts come back to the driver)")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
-    r.set_defaults(func=_cmd_run)
-    d = sub.add_parser("doctor", help="what this machine has (TensorRT, CUDA, GPU, onnxruntime) and what it allows")
+    d = _command(sub, "doctor", "what this machine has (TensorRT, CUDA, GPU, onnxruntime) and what it can build",
+                 "  trtq doctor\n  trtq doctor --json", _cmd_doctor)
     d.add_argument("--json", action="store_true", help="print the facts as JSON")
-    d.set_defaults(func=_cmd_doctor)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = make_parser().parse_args(argv)
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:  # 'trtq' alone: the help, not an argparse error
+        parser.print_help()
+        return 2
     try:
-        return args.func(args)
+        with sigterm_raises():
+            return args.func(args)
     except TrtqError as exc:
         print(f"trtq: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("trtq: interrupted; no partial output was left behind", file=sys.stderr)
+        return 2
+    except Terminated:
+        print("trtq: terminated (SIGTERM); no partial output was left behind", file=sys.stderr)
+        return 128 + signal.SIGTERM
+    except OSError as exc:  # a write trtq does not route through artifacts.write_atomic (a library's own)
+        if exc.errno != errno.ENOSPC:
+            raise
+        print(f"trtq: error: {exc.filename or 'output'}: no space left on device; free some space or choose "
+              "another folder with --out", file=sys.stderr)
         return 2
 
 

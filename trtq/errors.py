@@ -24,9 +24,33 @@ class OutputError(TrtqError):
     """The output location cannot be written."""
 
 
+class NoSpaceError(OutputError):
+    """The disk filled while ``name`` was written into ``folder``."""
+
+    def __init__(self, folder, name: str, hint: str = "choose another folder with --out"):
+        import shutil
+        from pathlib import Path
+
+        self.folder, self.name, self.hint = folder, name, hint
+        existing = next((p for p in (Path(folder), *Path(folder).parents) if p.exists()), Path("/"))
+        try:
+            free = f", {shutil.disk_usage(existing).free // 1024} KiB free"
+        except OSError:
+            free = ""
+        super().__init__(f"{folder}: no space left on device writing {name}{free}; free some space there or {hint}")
+
+
 class BackendError(TrtqError):
     """A backend (TensorRT, ONNX Runtime) is missing or refused the model."""
 
 
 class CacheError(TrtqError):
     """A calibration cache is malformed or does not match the model."""
+
+
+def one_line(exc: BaseException, limit: int = 200) -> str:
+    """``Type: first line of the message``, at most ``limit`` characters: another library's or user
+    code's exception inside a one-line error."""
+    lines = str(exc).strip().splitlines()
+    text = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+    return text if len(text) <= limit else text[:limit - 1] + "…"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import reprlib
 import shlex
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
@@ -240,7 +241,9 @@ PATH_KEYS = {
 }
 
 
-def _resolve(value: Any, base: Path) -> Any:
+def _resolve(value: Any, base: Path, key: str) -> Any:
+    if isinstance(value, str) and "\0" in value:
+        raise JobError(f"{key}: {_short(value)} holds a NUL character; give a file path")
     if isinstance(value, str) and value and value != "none" and not Path(value).is_absolute():
         return str((base / value).resolve())
     return value
@@ -252,19 +255,91 @@ def _resolve_paths(data: dict, base: Path) -> None:
         for part in key[:-1]:
             node = node.get(part) if isinstance(node, dict) else None
         if isinstance(node, dict) and key[-1] in node:
-            node[key[-1]] = _resolve(node[key[-1]], base)
+            node[key[-1]] = _resolve(node[key[-1]], base, ".".join(key))
     cal = data.get("calibrator")
     if isinstance(cal, dict) and isinstance(cal.get("class"), str):
         mod, _, cls = cal["class"].rpartition(":")
         if mod.endswith(".py"):
-            cal["class"] = f"{_resolve(mod, base)}:{cls}"
+            cal["class"] = f"{_resolve(mod, base, 'calibrator.class')}:{cls}"
     for section in ("calibration", "evaluation"):
         sec = data.get(section)
         for key in ("loader", "metric"):
             if isinstance(sec, dict) and isinstance(sec.get(key), str):
                 mod, _, fn = sec[key].rpartition(":")
                 if mod.endswith(".py"):
-                    sec[key] = f"{_resolve(mod, base)}:{fn}"
+                    sec[key] = f"{_resolve(mod, base, f'{section}.{key}')}:{fn}"
+
+
+MAX_YAML_VALUES = 100_000  # a job is a few hundred values; aliases must not expand past this
+MAX_YAML_DEPTH = 64
+MAX_YAML_BYTES = 1 << 20  # a job file is a few KB; parsing 1 MB of YAML already takes about a second
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's parser where PyYAML was built with it
+
+
+class YamlLimitError(ValueError):
+    """A YAML document past what a job may hold (alias bombs, recursion, deep nesting, a key
+    written twice); ``line`` (1-based) where known, ``hint`` what to do."""
+
+    def __init__(self, message: str, line: int | None = None, hint: str = "write the values out instead"):
+        super().__init__(message)
+        self.line, self.hint = line, hint
+
+
+def _check_keys(node: yaml.MappingNode) -> None:
+    """A key written twice would silently keep its last value: refuse it, as a YAML linter would."""
+    first: dict[str, int] = {}
+    for key, _ in node.value:
+        if isinstance(key, yaml.ScalarNode) and key.value != "<<":
+            line = key.start_mark.line + 1
+            if key.value in first:
+                raise YamlLimitError(f"key '{_clip(key.value, 40)}' is written twice (first on line {first[key.value]})",
+                                     line, "keep one of them")
+            first[key.value] = line
+
+
+def _expanded_size(node: yaml.Node, memo: dict[int, int], depth: int = 0) -> int:
+    """How many values ``node`` stands for once every alias is expanded (shared nodes counted
+    once per use, computed once each)."""
+    key = id(node)
+    if key in memo:
+        if memo[key] < 0:
+            raise YamlLimitError("an alias refers to the collection it is in (recursive YAML)")
+        return memo[key]
+    if depth > MAX_YAML_DEPTH:
+        raise YamlLimitError(f"nested more than {MAX_YAML_DEPTH} levels deep")
+    memo[key] = -1
+    if isinstance(node, yaml.MappingNode):
+        _check_keys(node)
+        size = 1 + sum(_expanded_size(k, memo, depth + 1) + _expanded_size(v, memo, depth + 1) for k, v in node.value)
+    elif isinstance(node, yaml.SequenceNode):
+        size = 1 + sum(_expanded_size(v, memo, depth + 1) for v in node.value)
+    else:
+        size = 1
+    memo[key] = size
+    if size > MAX_YAML_VALUES:
+        raise YamlLimitError(f"aliases expand to more than {MAX_YAML_VALUES} values")
+    return size
+
+
+def safe_yaml(text: str) -> Any:
+    """``yaml.safe_load`` that refuses alias bombs, recursive aliases and deep nesting before
+    building any value (:class:`YamlLimitError` saying which), so nothing downstream expands them."""
+    if len(text) > MAX_YAML_BYTES:
+        raise YamlLimitError(f"{len(text)} characters of YAML, more than {MAX_YAML_BYTES} a job may hold")
+    depth = 0
+    for event in yaml.parse(text, Loader=_Loader):  # events, not recursion: deep nesting stops here
+        depth += isinstance(event, yaml.CollectionStartEvent) - isinstance(event, yaml.CollectionEndEvent)
+        if depth > MAX_YAML_DEPTH:
+            raise YamlLimitError(f"nested more than {MAX_YAML_DEPTH} levels deep", event.start_mark.line + 1)
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _expanded_size(node, {})
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
 
 
 DOTTED_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")  # a.b.c (--set, sweep keys)
@@ -274,10 +349,14 @@ def parse_override(text: str) -> tuple[tuple[str, ...], Any]:
     """``a.b.c=value`` → (('a','b','c'), value parsed as YAML)."""
     key, sep, raw = text.partition("=")
     if not sep or not DOTTED_KEY.match(key.strip()):
-        raise JobError(f"--set {text!r}: expected KEY.PATH=VALUE, e.g. --set calibration.batch_size=16")
+        raise JobError(f"--set {_clip(repr(text), 80)}: expected KEY.PATH=VALUE, e.g. --set calibration.batch_size=16")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = safe_yaml(raw) if raw.strip() else ""
     except yaml.YAMLError:
+        value = raw
+    except YamlLimitError as exc:
+        raise JobError(f"--set {_clip(key, 60)}: {exc}; {exc.hint}") from None
+    except (ValueError, TypeError, OverflowError):
         value = raw
     return tuple(key.strip().split(".")), value
 
@@ -292,10 +371,10 @@ def apply_override(data: dict, key: tuple[str, ...], value: Any, cwd: Path) -> N
             raise JobError(f"--set {'.'.join(key)}: {'.'.join(key[:i + 1])} is not a section")
         node = nxt
     if key in PATH_KEYS:
-        value = _resolve(value, cwd)
+        value = _resolve(value, cwd, "--set " + ".".join(key))
     elif key[-1] in ("loader", "class", "metric") and isinstance(value, str) and value.rpartition(":")[0].endswith(".py"):
         mod, _, fn = value.rpartition(":")
-        value = f"{_resolve(mod, cwd)}:{fn}"
+        value = f"{_resolve(mod, cwd, '--set ' + '.'.join(key))}:{fn}"
     node[key[-1]] = value
 
 
@@ -312,11 +391,36 @@ def _fields_at(loc: tuple) -> list[str]:
     return list(cls.model_fields) if isinstance(cls, type) and issubclass(cls, BaseModel) else []
 
 
-def _format_error(source: str, err: ValidationError) -> str:
-    e = err.errors()[0]
+def _first_error(err: ValidationError) -> dict:
+    """The error to report: an unknown key before anything else, since a misspelled key
+    (``calibraton``) also makes the key it was meant to be (``calibration``) missing."""
+    errors = err.errors()
+    return next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
+
+
+def _clip(text: str, limit: int) -> str:
+    """``text`` on one line, at most ``limit`` characters (messages never echo a whole input)."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    """``repr`` of a value a user wrote, bounded in depth and length."""
+    r = reprlib.Repr()
+    r.maxlevel, r.maxstring, r.maxother, r.maxlist, r.maxdict = 2, limit, limit, 4, 4
+    return _clip(r.repr(value), limit)
+
+
+def _key_path(e: dict) -> tuple[str, ...]:
+    """The dotted key of a pydantic error; pydantic names the member of a union it tried
+    (``int``, ``tuple[int, int]``…) in ``loc``: those are dropped."""
     loc = tuple(str(p) for p in e["loc"] if not str(p).startswith("function-"))
-    # pydantic reports the member of a union it tried; drop type tags like 'int' or 'tuple[...]'
-    loc = tuple(p for p in loc if not _is_type_tag(p))
+    return tuple(_clip(p, 40) for p in loc if not _is_type_tag(p))
+
+
+def _format_error(source: str, err: ValidationError) -> str:
+    e = _first_error(err)
+    loc = _key_path(e)
     dotted = ".".join(loc) or "(top level)"
     if e["type"] == "extra_forbidden":
         allowed = _fields_at(loc[:-1])
@@ -326,8 +430,10 @@ def _format_error(source: str, err: ValidationError) -> str:
     if e["type"] == "missing":
         return f"{source}: {dotted}: required key is missing; add it to the job"
     got = e.get("input")
-    got_s = f" (got {got!r})" if not isinstance(got, dict) else ""
-    msg = e["msg"].removeprefix("Value error, ")
+    got_s = f" (got {_short(got)})" if not isinstance(got, dict) else ""
+    # a union (crop: int | [h, w]) fails once per member: say what each member wanted
+    msgs = dict.fromkeys(x["msg"].removeprefix("Value error, ") for x in err.errors()[:20] if _key_path(x) == loc)
+    msg = _clip(", or ".join(msgs), 200)
     return f"{source}: {dotted}: {msg}{got_s}"
 
 
@@ -348,7 +454,11 @@ def read_job_data(path: Path) -> dict:
     except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
         raise JobError(f"{path}: cannot read the job file ({exc.__class__.__name__}); give a readable YAML file") from None
     try:
-        data = yaml.safe_load(text)
+        data = safe_yaml(text)
+    except YamlLimitError as exc:
+        raise JobError(f"{path}{f':{exc.line}' if exc.line else ''}: {exc}; {exc.hint}") from None
+    except (ValueError, TypeError, OverflowError) as exc:  # e.g. a date like 2024-13-45
+        raise JobError(f"{path}: malformed YAML value ({_clip(str(exc), 80)}); quote it or fix it") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
@@ -362,7 +472,10 @@ def read_job_data(path: Path) -> dict:
 def job_from_data(data: dict, path: Path, overrides: list[str] = (), cwd: Path | None = None) -> Job:
     """Validate one job's mapping (paths in it relative to ``path``'s folder)."""
     cwd = Path.cwd() if cwd is None else cwd
-    _resolve_paths(data, path.resolve().parent)
+    try:
+        _resolve_paths(data, path.resolve().parent)
+    except JobError as exc:
+        raise JobError(f"{path}: {exc}") from None
     for text_override in overrides:
         key, value = parse_override(text_override)
         apply_override(data, key, value, cwd)

@@ -7,7 +7,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
-from .errors import JobError
+from .errors import JobError, one_line
 
 
 def import_callable(ref: str, key: str):
@@ -26,4 +26,6 @@ def import_callable(ref: str, key: str):
             module = importlib.import_module(mod_name)
         return getattr(module, attr)
     except (ImportError, AttributeError, SyntaxError) as exc:
-        raise JobError(f"{key}: cannot import '{ref}' ({exc}); give 'file.py:name' or 'package.module:name'") from None
+        raise JobError(f"{key}: cannot import '{ref}' ({one_line(exc)}); give 'file.py:name' or 'package.module:name'") from None
+    except Exception as exc:  # noqa: BLE001 - the module's own code raised while it was imported
+        raise JobError(f"{key}: importing '{ref}' raised {one_line(exc)}; fix that code") from None

@@ -9,10 +9,11 @@ from contextlib import contextmanager
 
 
 class Progress:
-    """Silent progress: ``with progress.task("calibrating", total) as advance: advance(n)``."""
+    """Silent progress: ``with progress.task("calibrating", total, "samples") as advance: advance(n)``
+    (``unit``: what is counted, shown in the summary line; none for a stage without steps)."""
 
     @contextmanager
-    def task(self, description: str, total: int | None) -> Iterator[Callable[[int], None]]:
+    def task(self, description: str, total: int | None, unit: str | None = None) -> Iterator[Callable[[int], None]]:
         yield lambda n=1: None
 
     def note(self, message: str) -> None:
@@ -26,8 +27,13 @@ class RichProgress(Progress):
     def __init__(self, console):
         self.console = console
 
+    @staticmethod
+    def summary(description: str, done: int, unit: str | None, seconds: float) -> str:
+        """``calibrating: 8 samples in 7.1 s`` (``building …: 41.0 s`` for a stage without a unit)."""
+        return f"{description}: {done} {unit} in {seconds:.1f} s" if unit else f"{description}: {seconds:.1f} s"
+
     @contextmanager
-    def task(self, description: str, total: int | None):
+    def task(self, description: str, total: int | None, unit: str | None = None):
         from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
         from rich.progress import Progress as RichBar
 
@@ -38,7 +44,7 @@ class RichProgress(Progress):
                 done[0] += n
 
             yield count
-            self.console.print(f"✓ {description}: {done[0]} in {time.perf_counter() - t0:.1f} s")
+            self.console.print("✓ " + self.summary(description, done[0], unit, time.perf_counter() - t0))
             return
         with RichBar(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                      TimeRemainingColumn(), console=self.console, transient=True) as bar:
@@ -49,7 +55,7 @@ class RichProgress(Progress):
                 bar.advance(tid, n)
 
             yield advance
-        self.console.print(f"[green]✓[/green] {description}: {done[0]} in {time.perf_counter() - t0:.1f} s")
+        self.console.print("[green]✓[/green] " + self.summary(description, done[0], unit, time.perf_counter() - t0))
 
     def note(self, message: str) -> None:
         self.console.print(f"[dim]{message}[/dim]")

@@ -18,7 +18,7 @@ from ..errors import JobError
 from ..job import CalibratorSpec, DataSpec
 from ..model.prepare import PreparedModel
 from ..progress import Progress
-from . import shards
+from . import kernels, shards
 from . import store as stats_store
 from .collect import group_tensors
 from .methods import compute_ranges, describe, make_method
@@ -44,7 +44,7 @@ def _collect_sharded(prepared: PreparedModel, spec: DataSpec, groups: list[list[
     t0 = time.perf_counter()
     spec_json = spec.model_dump(mode="json", by_alias=True)
     model_bytes = prepared.model.SerializeToString()
-    with progress.task(f"calibrating ({len(parts)} shards)", len(parts)) as advance:
+    with progress.task(f"calibrating ({len(parts)} shards)", len(parts), "shards") as advance:
         results = shard_map(shards.collect_shard, [(spec_json, model_bytes, groups, axes, start, n)
                                                    for start, n in parts])
         advance(len(parts))
@@ -91,6 +91,8 @@ def calibrate(prepared: PreparedModel, spec: DataSpec, calibrator: CalibratorSpe
         progress.note(f"reusing calibration statistics of {collected['samples']} samples "
                       f"({stats_store.path(store_root, key)}); --force collects them again")
     else:
+        if kernels.needs_compiling():
+            progress.note("compiling the statistics kernels (once per install, about 10 s)…")
         stats, collected = collect_statistics(prepared, spec, progress, shard_map)
         if key:
             stats_store.save(store_root, key, stats, collected)

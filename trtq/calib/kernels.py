@@ -17,6 +17,7 @@ bins (zeros after a ReLU) do not serialise on one memory location.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numba as nb
 import numpy as np
@@ -274,3 +275,13 @@ def fold_blocked(x, stride, hist, exp, sums):
                         acc[lane], acc[block + lane], acc[2 * block + lane], acc[3 * block + lane],
                         acc[4 * block + lane], acc[5 * block + lane], acc[6 * block + lane], acc[7 * block + lane])
     return _finish(lanes, hist, exp, lo_k, hi_k, 0)
+
+
+def needs_compiling() -> bool:
+    """Whether the first fold compiles the kernels: numba's on-disk cache (``cache=True``, beside
+    this module) has no index for :func:`fold` (which every calibration runs) yet and this process
+    has not compiled it."""
+    try:
+        return not (fold.signatures or Path(fold._cache._cache_file._index_path).exists())
+    except AttributeError:  # numba's cache internals moved: say nothing rather than guess
+        return False

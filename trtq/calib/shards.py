@@ -74,7 +74,7 @@ def collect_range(model: onnx.ModelProto, groups: list[list[str]], axes: dict[st
         runner = ort_native.ExposedRunner(exposure)
         label = "calibrating" if len(groups) == 1 else f"calibrating (pass {gi + 1}/{len(groups)})"
         seen = [0]
-        with progress.task(label, planned_count(source, start, count)) as advance:
+        with progress.task(label, planned_count(source, start, count), "samples") as advance:
             def counted(n: int) -> None:
                 seen[0] += n
                 advance(n)

@@ -3,12 +3,14 @@ center crop → scale/mean/std → right-pad to a width → layout."""
 
 from __future__ import annotations
 
+import io
+import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from ..errors import DataError
+from ..errors import DataError, one_line
 from ..job import Preprocess
 
 _RESAMPLE = {
@@ -56,16 +58,31 @@ def _geometry(im: Image.Image, spec: Preprocess) -> Image.Image:
     return im
 
 
+MAX_PIXELS = 50_000_000  # a 50-megapixel photo; decoding one takes ~0.6 GB at most
+
+
+def _decode(path: Path, spec: Preprocess) -> np.ndarray:
+    """Decode, resize and crop one image to float32 HWC (or HW)."""
+    # from memory: a damaged chunk length makes a file object's read(n) allocate n bytes up front
+    with Image.open(io.BytesIO(path.read_bytes())) as im:
+        if im.size[0] * im.size[1] > MAX_PIXELS:  # before any pixel is decoded
+            raise DataError(f"image declares {im.size[0]}x{im.size[1]} pixels, more than the {MAX_PIXELS // 10**6} M "
+                            "trtq decodes; downscale it first")
+        im = _geometry(im.convert("L" if spec.color == "L" else "RGB"), spec)
+        return np.asarray(im, dtype=np.float32)
+
+
 def load_image(path: Path, spec: Preprocess) -> np.ndarray:
-    """Return one preprocessed image as float32, CHW (or HWC), without a batch dimension."""
+    """Return one preprocessed image as float32, CHW (or HWC), without a batch dimension.
+    Images of more than ``MAX_PIXELS`` (and past Pillow's decompression-bomb limit) are refused."""
     try:
-        with Image.open(path) as im:
-            im = _geometry(im.convert("L" if spec.color == "L" else "RGB"), spec)
-            x = np.asarray(im, dtype=np.float32)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            x = _decode(path, spec)
     except DataError as exc:
         raise DataError(f"{path}: {exc}") from None
-    except (UnidentifiedImageError, OSError) as exc:
-        raise DataError(f"{path}: cannot decode image ({exc.__class__.__name__}); remove it or convert it") from None
+    except Exception as exc:  # noqa: BLE001 - Pillow's decoders raise many kinds on damaged or hostile files
+        raise DataError(f"{path}: cannot decode image ({one_line(exc, 120)}); remove it or convert it") from None
     if x.ndim == 2:
         x = x[:, :, None]
     if spec.color == "BGR":

@@ -11,13 +11,14 @@ from __future__ import annotations
 import csv
 import hashlib
 import itertools
+import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import DataError
+from ..errors import DataError, TrtqError, one_line
 from ..job import DataSpec
 from ..model.load import InputSpec
 from ..plugins import import_callable
@@ -79,11 +80,36 @@ def _read_labels(csv_path: Path, section: str) -> dict[str, int]:
             reader = csv.DictReader(f)
             if not reader.fieldnames or not {"file", "class_index"} <= set(reader.fieldnames):
                 raise DataError(f"{csv_path}: labels CSV needs the columns 'file,class_index'")
-            return {row["file"]: int(row["class_index"]) for row in reader}
-    except ValueError as exc:
-        raise DataError(f"{csv_path}: bad class_index ({exc}); every class_index must be an integer") from None
+            rows = [(row["file"], row["class_index"]) for row in reader]
     except OSError as exc:
         raise DataError(f"{csv_path}: cannot read labels ({exc.strerror}); check {section}.labels") from None
+    except (csv.Error, UnicodeDecodeError) as exc:
+        raise DataError(f"{csv_path}: not a readable CSV ({one_line(exc)}); write 'file,class_index' rows") from None
+    labels = {}
+    for n, (file, text) in enumerate(rows, start=2):
+        if not isinstance(text, str) or not re.fullmatch(r"[0-9]{1,9}", text.strip()):
+            raise DataError(f"{csv_path}:{n}: class_index {_short(text)} is not a class index; every class_index must "
+                            "be an integer ≥ 0")
+        labels[file] = int(text)
+    return labels
+
+
+def _short(value, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def class_indices(values, where: str) -> np.ndarray:
+    """Labels as int64 class indices; fractional, negative or non-numeric labels are refused
+    (they would be silently truncated or index the wrong class)."""
+    arr = np.asarray(values)
+    if arr.dtype.kind not in "iuf" or arr.ndim != 1:
+        raise DataError(f"{where}: labels are {arr.dtype} of shape {arr.shape}; give one integer class index per sample")
+    if arr.dtype.kind == "f" and not (np.isfinite(arr).all() and (arr == np.round(arr)).all()):
+        raise DataError(f"{where}: labels hold fractional or non-finite values; give integer class indices")
+    if arr.size and arr.min() < 0:
+        raise DataError(f"{where}: labels hold {arr.min()}; class indices must be ≥ 0")
+    return arr.astype(np.int64)
 
 
 def _image_source(spec: DataSpec, inputs: list[InputSpec], section: str) -> Source:
@@ -125,8 +151,11 @@ def _array_samples(path: Path, spec: DataSpec, inputs: list[InputSpec], section:
             else:
                 raise DataError(f"{path}: arrays {', '.join(data_keys)} match no model input ({', '.join(sorted(names))}); name them after the inputs")
             labels = npz[label_key] if label_key and spec.labels != "none" else None  # labels: none ignores them
-    except (ValueError, OSError) as exc:
-        raise DataError(f"{path}: cannot read array file ({exc}); give a .npy or .npz written by numpy") from None
+        labels = class_indices(labels, str(path)) if labels is not None else None
+    except DataError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - numpy and zipfile raise a dozen kinds on damaged files
+        raise DataError(f"{path}: cannot read array file ({one_line(exc, 120)}); give a .npy or .npz written by numpy") from None
     lengths = {k: a.shape[0] if a.ndim else 0 for k, a in arrays.items()}
     if len(set(lengths.values())) != 1 or (labels is not None and len(labels) != next(iter(lengths.values()))):
         raise DataError(f"{path}: arrays have different first dimensions {lengths}; all must hold the same samples")
@@ -134,8 +163,11 @@ def _array_samples(path: Path, spec: DataSpec, inputs: list[InputSpec], section:
 
     def gen():
         for i in range(n):
-            yield Sample(f"{path.name}[{i}]", {k: np.asarray(a[i]) for k, a in arrays.items()},
-                         int(labels[i]) if labels is not None else None)
+            try:
+                feeds = {k: np.asarray(a[i]) for k, a in arrays.items()}
+            except (OSError, ValueError) as exc:  # a memory-mapped .npy shorter than its header says
+                raise DataError(f"{path}: cannot read sample {i} ({one_line(exc, 120)})") from None
+            yield Sample(f"{path.name}[{i}]", feeds, int(labels[i]) if labels is not None else None)
 
     return n, labels is not None, gen()
 
@@ -149,12 +181,32 @@ def _array_source(spec: DataSpec, inputs: list[InputSpec], section: str) -> Sour
                   sum(p[0] for p in parts), has_labels, files)
 
 
+def _loader_batches(fn, spec: DataSpec, section: str) -> Iterator[tuple[int, object]]:
+    """``fn()``'s batches, numbered; what the loader raises (calling it or mid-stream) becomes
+    a one-line error naming the loader and the batch."""
+    where = f"{section}.loader: '{spec.loader}'"
+    try:
+        it = iter(fn())
+    except Exception as exc:  # noqa: BLE001 - user code
+        raise DataError(f"{where} raised {one_line(exc)} when called; fix the loader") from None
+    for b in itertools.count():
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        except TrtqError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - user code
+            raise DataError(f"{where} raised {one_line(exc)} producing batch {b}; fix the loader") from None
+        yield b, batch
+
+
 def _loader_source(spec: DataSpec, inputs: list[InputSpec], section: str) -> Source:
     fn = import_callable(spec.loader, f"{section}.loader")
     names = {i.name for i in inputs}
 
     def gen():
-        for b, batch in enumerate(fn()):
+        for b, batch in _loader_batches(fn, spec, section):
             if not isinstance(batch, dict):
                 raise DataError(f"{section}.loader: batch {b} is a {type(batch).__name__}; yield dicts {{input_name: array}}")
             label_key = next((k for k in LABEL_KEYS if k in batch and k not in names), None)
@@ -162,8 +214,9 @@ def _loader_source(spec: DataSpec, inputs: list[InputSpec], section: str) -> Sou
             n = {len(a) if a.ndim else 0 for a in arrays.values()}
             if len(n) != 1:
                 raise DataError(f"{section}.loader: batch {b} has arrays of different batch sizes; all must match")
+            labels = class_indices(batch[label_key], f"{section}.loader: batch {b}") if label_key else None
             for i in range(n.pop()):
-                label = int(batch[label_key][i]) if label_key else None
+                label = int(labels[i]) if label_key else None
                 yield Sample(f"batch{b}[{i}]", {k: a[i] for k, a in arrays.items()}, label)
 
     return Source(f"loader {spec.loader}", gen(), None, False)
@@ -210,12 +263,13 @@ def _check_sample(sample: Sample, inputs: list[InputSpec], section: str) -> dict
             shown = "x".join("?" if w is None else str(w) for w in want)
             raise DataError(f"{section}: sample {sample.id}: tensor '{name}' has shape {'x'.join(map(str, arr.shape))}, "
                             f"the model wants {shown} per sample; fix the data or its preprocessing")
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            raise DataError(f"{section}: sample {sample.id}: tensor '{name}' contains NaN or Inf; clean the data")
         if arr.dtype != spec.dtype:
             if not np.can_cast(arr.dtype, spec.dtype, casting="same_kind"):
                 raise DataError(f"{section}: sample {sample.id}: tensor '{name}' is {arr.dtype}, the model wants {spec.dtype}")
+            _check_fits(arr, spec.dtype, f"{section}: sample {sample.id}: tensor '{name}'")
             arr = arr.astype(spec.dtype)
-        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-            raise DataError(f"{section}: sample {sample.id}: tensor '{name}' contains NaN or Inf; clean the data")
         out[name] = arr
     return out
 
@@ -241,6 +295,20 @@ def stack_samples(samples: list[dict[str, np.ndarray]], ids: list[str], inputs: 
                             f"batch same-sized samples, resize them to one size, or set {section}.batch_size: 1")
         feeds[spec.name] = np.stack(values, axis=spec.batch_axis)
     return feeds
+
+
+def _check_fits(arr: np.ndarray, dtype: np.dtype, what: str) -> None:
+    """Finite values beyond the model's float type would turn into Inf when cast (float64 1e39
+    → float32 inf, int 70000 → float16 inf): refuse them, naming the value."""
+    if dtype.kind != "f" or arr.dtype.kind not in "iuf" or arr.size == 0:
+        return
+    if arr.dtype.kind == "f" and arr.dtype.itemsize <= dtype.itemsize:
+        return
+    peak = float(max(-float(np.min(arr)), float(np.max(arr))))
+    limit = float(np.finfo(dtype).max)
+    if peak > limit:
+        raise DataError(f"{what} holds {peak:.3g}, beyond the {dtype} range of the model (±{limit:.3g}); "
+                        "rescale the data")
 
 
 def sample_digest(feeds: dict[str, np.ndarray]) -> bytes:

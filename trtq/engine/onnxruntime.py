@@ -3,11 +3,14 @@ CPU (so loading it does no re-optimization), and the count of kernels that reall
 
 from __future__ import annotations
 
+import shutil
 from collections import Counter
 from pathlib import Path
 
 import onnx
 
+from ..artifacts import write_atomic
+from ..errors import BackendError, NoSpaceError
 from ..runtime.onnxruntime import Runner, session
 
 # weighted ops (Conv, ConvTranspose, Gemm, MatMul with a constant input) as ONNX Runtime runs them
@@ -43,10 +46,18 @@ def _stable_names(model: onnx.ModelProto) -> bool:
 
 def build_engine(qdq_model: onnx.ModelProto, path: Path, threads: int | None = None) -> dict:
     """Optimize the ONNX Runtime Q/DQ model for this CPU, save it at ``path``; count kernels."""
-    session(qdq_model, threads=threads, optimized_path=path)
+    try:
+        session(qdq_model, threads=threads, optimized_path=path)
+    except BackendError:
+        # ONNX Runtime writes the file itself and only says "Protobuf serialization failed"
+        free = shutil.disk_usage(path.parent).free
+        path.unlink(missing_ok=True)
+        if free < 2 * qdq_model.ByteSize() + (1 << 16):
+            raise NoSpaceError(path.parent, path.name) from None
+        raise
     engine = onnx.load(str(path), load_external_data=False)
     if _stable_names(engine):
-        onnx.save(engine, str(path))
+        write_atomic(path, lambda tmp: onnx.save(engine, str(tmp)))
     return count_kernels(engine)
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from ..artifacts import CACHE, FP32_TMP, PLAN, QDQ_MODEL, TRT_CACHE
+from ..artifacts import CACHE, FP32_TMP, PLAN, QDQ_MODEL, TRT_CACHE, write_atomic
 from ..calib.cache import cache_text
 from ..calib.ranges import Range
 from ..errors import BackendError, JobError
@@ -36,11 +36,12 @@ def find_tensorrt():
         return None, f"TensorRT's libraries do not load ({str(exc).splitlines()[0]})"
 
 
-def require_tensorrt():
-    """Return the ``tensorrt`` module or raise a one-line error saying what to do."""
+def require_tensorrt(need: str = "quantization.target: tensorrt"):
+    """Return the ``tensorrt`` module or raise a one-line error saying what to do (``need``:
+    what asked for TensorRT, as the user wrote it)."""
     trt, why = find_tensorrt()
     if trt is None:
-        raise BackendError(f"quantization.target: tensorrt needs TensorRT here: {why}; {INSTALL_HINT}")
+        raise BackendError(f"{need} needs TensorRT here: {why}; {INSTALL_HINT}")
     return trt
 
 
@@ -185,7 +186,7 @@ def build_plan(spec: TensorRTSpec, calibrator: CalibratorSpec, batch_sizes: list
     tmp_fp32 = None
     if spec.mode == "implicit":
         tmp_fp32 = stage / FP32_TMP
-        onnx.save(model, str(tmp_fp32))
+        write_atomic(tmp_fp32, lambda tmp: onnx.save(model, str(tmp)))
         onnx_path = tmp_fp32
         cal = calibrator
         kind = "minmax" if cal.method == "minmax" else "entropy"
@@ -253,7 +254,7 @@ def fp32_runner(model: onnx.ModelProto, stage: Path, spec: TensorRTSpec, batch_s
 
     trt = require_tensorrt()
     path = stage / FP32_TMP
-    onnx.save(model, str(path))
+    write_atomic(path, lambda tmp: onnx.save(model, str(tmp)))
     try:
         options = _options(spec)
         options.timing_cache = None
@@ -263,13 +264,21 @@ def fp32_runner(model: onnx.ModelProto, stage: Path, spec: TensorRTSpec, batch_s
     return EngineRunner(trt, data, cuda_runtime())
 
 
+def _no_gpu_reason(error: str) -> str:
+    """Why there is no GPU, in the words a user needs: most machines without one have no NVIDIA
+    driver at all, which CUDA reports as an 'insufficient' driver."""
+    if not Path("/proc/driver/nvidia/version").exists() and not list(Path("/dev").glob("nvidia[0-9]*")):
+        return "no NVIDIA driver or GPU found on this machine (no /proc/driver/nvidia, no /dev/nvidia*)"
+    return error
+
+
 def doctor() -> dict:
     """What this machine has for trtq's targets, and what that allows."""
     import onnxruntime as ort
 
     facts: dict = {"onnxruntime": ort.__version__, "onnxruntime_providers": ort.get_available_providers()}
     try:
-        trt = require_tensorrt()
+        trt = require_tensorrt("target: tensorrt")
         facts["tensorrt"] = str(trt.__version__)
     except BackendError as exc:
         facts["tensorrt"] = None
@@ -283,7 +292,7 @@ def doctor() -> dict:
     except BackendError as exc:
         facts.setdefault("cuda_binding", None)
         facts["gpu"] = None
-        facts["gpu_error"] = str(exc)
+        facts["gpu_error"] = _no_gpu_reason(str(exc))
     allows = ["target: onnxruntime (INT8 engine on this CPU)"]
     if facts.get("tensorrt") and facts.get("gpu"):
         major = int(facts["tensorrt"].split(".")[0])

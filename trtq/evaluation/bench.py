@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 
-from ..engine import tensorrt as trt_engine
 from ..errors import ModelError
 from ..model.load import input_specs, load_model
 from ..runtime import onnxruntime as ort_runtime
@@ -33,8 +32,8 @@ def _inputs(model, batch: int, shapes: dict[str, tuple[int, ...]]) -> dict[str, 
 def bench(path: Path, batches: list[int], warmup: int, iterations: int, duration_s: float | None,
           threads: int | None, shapes: dict[str, tuple[int, ...]]) -> dict:
     if path.suffix in (".plan", ".engine", ".trt"):
-        trt_engine.require_tensorrt()
-        raise ModelError(f"{path}: timing TensorRT engines is not part of this release; use trtexec --loadEngine")
+        raise ModelError(f"{path}: trtq bench times ONNX models on ONNX Runtime; time a TensorRT engine with "
+                         f"trtexec --loadEngine={path}")
     model = load_model(path)
     runner = ort_runtime.Runner(ort_runtime.session(path, threads=threads))
     out = {}

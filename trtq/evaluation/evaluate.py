@@ -82,7 +82,7 @@ def _add_latency(result: dict, first: dict[str, np.ndarray], lspec, timer: Timer
     """Time both sides at each batch size into ``result``; every timed run, for the plots."""
     lat: dict = {"fp32": {}, "int8": {}}
     raw: dict = {}
-    with progress.task("measuring latency", len(lspec.batch_sizes)) as advance:
+    with progress.task("measuring latency", len(lspec.batch_sizes), "batch sizes") as advance:
         for bs in lspec.batch_sizes:
             times = timer(_latency_feeds(first, bs, inputs))
             raw[str(bs)] = times
@@ -108,7 +108,7 @@ def _accuracy(prepared: PreparedModel, spec: EvaluationSpec, fp32, int8,
     kept: dict[str, list] = {"fp32": [], "int8": [], "labels": []}
     first: dict[str, np.ndarray] | None = None
     src = open_source(spec, inputs, "evaluation")
-    with progress.task("evaluating accuracy", planned_count(src, spec.skip, spec.max_samples)) as advance:
+    with progress.task("evaluating accuracy", planned_count(src, spec.skip, spec.max_samples), "samples") as advance:
         for batch in prefetch(batches(src, inputs, spec.batch_size, "evaluation", spec.skip, spec.max_samples,
                                       note=progress.note)):
             if first is None:
@@ -155,7 +155,7 @@ def _per_layer(prepared: PreparedModel, spec: EvaluationSpec, qdq_model: onnx.Mo
         fixed = next((i.fixed_batch for i in prepared.inputs if i.fixed_batch is not None), None)
         return batches(src, prepared.inputs, fixed or 1, "evaluation", spec.skip, count)
 
-    with progress.task("per-layer error", count) as advance:
+    with progress.task("per-layer error", count, "samples") as advance:
         per_layer = per_layer_errors(
             prepared.model, qdq_model, prepared.plan, make_batches, spec.per_layer_samples,
             lambda m, optimize: ort_runtime.Runner(ort_runtime.session(m, threads=threads, optimize=optimize)),

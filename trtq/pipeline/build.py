@@ -168,14 +168,15 @@ def build(job: Job, out_root: Path | None = None, progress: Progress | None = No
         means = None
         if q.bias_correction:
             means = cal.means
-            np.savez(stage / MEANS, **dict(sorted(means.items())))  # same bytes whether collected or reused
+            arrays = dict(sorted(means.items()))  # same bytes whether collected or reused
+            write_atomic(stage / MEANS, lambda tmp: np.savez(tmp, **arrays))
         trt_qdq = insert_qdq(prepared.model, prepared.plan, cal.ranges, "tensorrt", weight_method=q.weight_method,
                              input_means=means)
         excluded = [node for node, _ in prepared.plan.excluded]
         fp16 = q.target == "tensorrt" and q.keep_precision == "fp16" and bool(excluded)
         if fp16:
             trt_qdq = cast_nodes_fp16(trt_qdq, excluded)
-        onnx.save(trt_qdq, str(stage / QDQ_MODEL))
+        write_atomic(stage / QDQ_MODEL, lambda tmp: onnx.save(trt_qdq, str(tmp)))
         if q.target == "tensorrt":
             engine, eval_qdq = _tensorrt_engine(job, prepared, cal, stage, excluded, progress, why_not), trt_qdq
         else:

@@ -36,14 +36,18 @@ def cache_to_qdq(model_path: Path, cache_path: Path, out: Path) -> dict:
     if missing:
         raise CacheError(f"{cache_path}: no scale for {len(missing)} of the {len(plan.activations)} tensors "
                          f"{model_path} quantizes (first: {', '.join(missing[:5])}); was the cache made for this model?")
-    bad = [t for t in plan.activations if not np.isfinite(cache.scales[t])]
-    if bad:
-        raise CacheError(f"{cache_path}: the scale of '{bad[0]}' is {cache.scales[bad[0]]} ({len(bad)} tensor(s) "
-                         "without a finite scale); a Q/DQ model needs finite scales: recalibrate these tensors")
+    for t in plan.activations:
+        scale = cache.scales[t]
+        if not (np.isfinite(scale) and scale >= 0):
+            raise CacheError(f"{cache_path}: tensor '{t}' has scale {scale!r} ({trt_cache.encode_scale(scale)}); "
+                             "a scale must be finite and positive — regenerate the cache")
+    # TensorRT writes a zero range as a bare "0": such a tensor gets amax 1 (zeros quantize exactly), and is named
+    zeros = [t for t in plan.activations if cache.scales[t] == 0]
     ranges = {t: Range.symmetric(cache.scales[t] * 127.0) for t in plan.activations}
     qdq = insert_qdq(prepared.model, plan, ranges, "tensorrt")
     write_atomic(out, lambda p: onnx.save(qdq, str(p)), hint=HINT)
-    return {"tensors": len(plan.activations), "unused_cache_entries": len(set(cache.scales) - set(plan.activations))}
+    return {"tensors": len(plan.activations), "unused_cache_entries": len(set(cache.scales) - set(plan.activations)),
+            "zero_scales": zeros}
 
 
 def qdq_to_cache(qdq_path: Path, out: Path, version: str, algorithm: str) -> dict:

@@ -50,8 +50,32 @@ class _QDQGraph:
         self.weight_dq: dict[str, tuple[str, np.ndarray]] = {}  # weight → (its DQ output, per-channel scales)
         self.corrected: dict[str, np.ndarray] = {}  # bias → bias-corrected values
         self.replaced: set[str] = set()  # initializers that Q/DQ or corrected copies stand in for
+        graph = model.graph
+        self.tensor_names = {i.name for i in graph.initializer} | {v.name for v in (*graph.input, *graph.output)} | \
+            {t for n in graph.node for t in (*n.input, *n.output)}
+        self.node_names = {n.name for n in graph.node}
+
+    @staticmethod
+    def _fresh(name: str, taken: set[str]) -> str:
+        """``name``, or ``name_1``, ``name_2``… where the model already has a ``name``."""
+        fresh, k = name, 0
+        while fresh in taken:
+            k += 1
+            fresh = f"{name}_{k}"
+        taken.add(fresh)
+        return fresh
+
+    def tensor(self, name: str) -> str:
+        return self._fresh(name, self.tensor_names)
+
+    def node(self, op: str, inputs: list[str], output: str, name: str, **attrs) -> str:
+        """Append a Q or DQ node; returns its (unique) output tensor name."""
+        out = self.tensor(output)
+        self.nodes.append(helper.make_node(op, inputs, [out], name=self._fresh(name, self.node_names), **attrs))
+        return out
 
     def const(self, name: str, value) -> str:
+        name = self.tensor(name)
         self.new_inits.append(numpy_helper.from_array(np.asarray(value), name))
         return name
 
@@ -66,11 +90,9 @@ class _QDQGraph:
             zp_np = np.array(zp, dtype=helper.tensor_dtype_to_np_dtype(dtype))
             s_name = self.const(f"{tensor}_scale", np.array(scale, np.float32))
             z_name = self.const(f"{tensor}_zero_point", zp_np)
-            qo, dqo = f"{tensor}_quantized", f"{tensor}_dequantized"
-            self.nodes.append(helper.make_node("QuantizeLinear", [tensor, s_name, z_name], [qo],
-                                               name=f"{tensor}_QuantizeLinear"))
-            self.nodes.append(helper.make_node("DequantizeLinear", [qo, s_name, z_name], [dqo],
-                                               name=f"{tensor}_DequantizeLinear"))
+            qo = self.node("QuantizeLinear", [tensor, s_name, z_name], f"{tensor}_quantized", f"{tensor}_QuantizeLinear")
+            dqo = self.node("DequantizeLinear", [qo, s_name, z_name], f"{tensor}_dequantized",
+                            f"{tensor}_DequantizeLinear")
             self.act_dq[tensor] = (dqo, float(np.float32(scale)))
         return self.act_dq[tensor][0]
 
@@ -88,9 +110,8 @@ class _QDQGraph:
         qw = self.const(f"{q.weight}_quantized", quantize_weights(w, scales, q.axis, qmax))
         ws = self.const(f"{q.weight}_scale", scales)
         wz = self.const(f"{q.weight}_zero_point", np.zeros(scales.shape, np.int8))
-        dqo = f"{q.weight}_dequantized"
-        self.nodes.append(helper.make_node("DequantizeLinear", [qw, ws, wz], [dqo],
-                                           name=f"{q.weight}_DequantizeLinear", axis=q.axis))
+        dqo = self.node("DequantizeLinear", [qw, ws, wz], f"{q.weight}_dequantized", f"{q.weight}_DequantizeLinear",
+                        axis=q.axis)
         self.weight_dq[q.weight] = (dqo, scales)
         self.replaced.add(q.weight)
         return bias
@@ -118,9 +139,8 @@ class _QDQGraph:
             qb = self.const(f"{q.bias}_quantized", bq)
             bsn = self.const(f"{q.bias}_scale", bs)
             bz = self.const(f"{q.bias}_zero_point", np.zeros(bs.shape, np.int32))
-            self.nodes.append(helper.make_node("DequantizeLinear", [qb, bsn, bz], [f"{q.bias}_dequantized"],
-                                               name=f"{q.bias}_DequantizeLinear", axis=0))
-            node.input[2] = f"{q.bias}_dequantized"
+            node.input[2] = self.node("DequantizeLinear", [qb, bsn, bz], f"{q.bias}_dequantized",
+                                      f"{q.bias}_DequantizeLinear", axis=0)
             self.replaced.add(q.bias)
         if q.bias in self.corrected and node.input[2] == q.bias:
             # a float bias (TensorRT's form, or a bias ONNX Runtime can't take as int32)

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..artifacts import REPORT_JSON, SUMMARY_JSON, SUMMARY_MD, write_atomic_group
+from ..artifacts import REPORT_JSON, SUMMARY_JSON, SUMMARY_MD, check_terminated, raise_on_sigterm, write_atomic_group
 from ..errors import TrtqError
 from ..job import Job
 from ..progress import Progress
@@ -81,6 +81,7 @@ def build_task(job_json: dict, root: str, threads: int | None) -> tuple[str | No
     """One build without evaluation, in a worker process: (error or None, seconds)."""
     from ..pipeline.build import build
 
+    check_terminated()  # queued before a SIGTERM reached this worker
     if threads:
         os.environ["TRTQ_THREADS"] = str(threads)
     t0 = time.perf_counter()
@@ -112,15 +113,20 @@ class LocalExecutor:
         from concurrent.futures import ProcessPoolExecutor, as_completed
 
         ctx = multiprocessing.get_context("spawn")  # no forked ONNX Runtime thread pools
-        with ProcessPoolExecutor(self.workers, mp_context=ctx) as pool:
+        # a SIGTERM to the process group (CI time-outs) removes each worker's staging folder too
+        with ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=raise_on_sigterm) as pool:
             futures = {pool.submit(build_task, _without_evaluation(it.job), str(it.root), self.threads): it
                        for it in items}
-            for f in as_completed(futures):
-                try:
-                    err, secs = f.result()
-                except Exception as exc:  # noqa: BLE001 - a worker that died
-                    err, secs = f"worker process failed: {_error_text(exc)}", 0.0
-                done(futures[f], err, secs)
+            try:
+                for f in as_completed(futures):
+                    try:
+                        err, secs = f.result()
+                    except Exception as exc:  # noqa: BLE001 - a worker that died
+                        err, secs = f"worker process failed: {_error_text(exc)}", 0.0
+                    done(futures[f], err, secs)
+            except BaseException:  # Ctrl-C, SIGTERM: start no further build
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
 
     def evaluate(self, item: Item, progress: Progress) -> tuple[str | None, float]:
         from ..pipeline.reevaluate import reevaluate

@@ -17,16 +17,22 @@ from __future__ import annotations
 
 import copy
 import itertools
+import math
 import re
+from collections import Counter
 from pathlib import Path
 
 from ..errors import JobError
 from ..job import DOTTED_KEY, PATH_KEYS, Job, job_from_data, read_job_data
 
+MAX_POINTS = 1000  # sweep points one file may expand to
+MAX_SLUG = 64  # characters of a swept value in a job name
+
 
 def _slug(key: tuple[str, ...], value) -> str:
-    text = Path(str(value)).stem if key in PATH_KEYS or key[-1] in ("loader", "class") else str(value)
-    return re.sub(r"[^A-Za-z0-9._]+", "_", text).strip("_") or "x"
+    text = str(value)[:4 * MAX_SLUG]
+    text = Path(text).stem if key in PATH_KEYS or key[-1] in ("loader", "class") else text
+    return re.sub(r"[^A-Za-z0-9._]+", "_", text).strip("_")[:MAX_SLUG] or "x"
 
 
 def _set(data: dict, key: tuple[str, ...], value, path: Path) -> None:
@@ -55,6 +61,10 @@ def expand(data: dict, path: Path) -> list[tuple[str, dict]]:
         if not isinstance(values, list) or not values:
             raise JobError(f"{path}: sweep.{dotted}: give a non-empty list of values")
         keys.append((tuple(dotted.split(".")), values))
+    points = math.prod(len(values) for _, values in keys)
+    if points > MAX_POINTS:
+        raise JobError(f"{path}: sweep: {points} points (the product of the list lengths), more than {MAX_POINTS}; "
+                       "split the sweep into several files")
     out = []
     for combo in itertools.product(*(values for _, values in keys)):
         job = copy.deepcopy(base)
@@ -63,8 +73,7 @@ def expand(data: dict, path: Path) -> list[tuple[str, dict]]:
         name = "-".join([str(base.get("name", "job"))] + [_slug(key, v) for (key, _), v in zip(keys, combo)])
         job["name"] = name
         out.append((name, job))
-    names = [n for n, _ in out]
-    dupes = sorted({n for n in names if names.count(n) > 1})
+    dupes = sorted(n for n, count in Counter(n for n, _ in out).items() if count > 1)
     if dupes:
         raise JobError(f"{path}: sweep: two points of the sweep are both named '{dupes[0]}'; make the values distinct")
     return out
