@@ -123,3 +123,17 @@ def test_model_whose_activations_overflow(tiny, run_cli):
     code, _, err = run_cli("build", _job(tiny, model="overflow.onnx"))
     _assert_clean_error(code, err, "NaN or infinite values", "check the preprocessing and the model",
                         out_dir=tiny["dir"] / "out")
+
+
+def test_inspect_json_gives_whole_names_and_exclude_suggests_a_weighted_op(tiny, run_cli):
+    import json as _json
+
+    code, out, _ = run_cli("inspect", tiny["model"], "--json")
+    assert code == 0
+    doc = _json.loads(out)
+    assert [q["node"] for q in doc["quantized"]] == ["conv", "convt", "fc1", "fc2", "mm"]
+    assert doc["inputs"][0] == {"name": "input", "shape": [None, 3, 8, 8], "dtype": "float32", "batch_axis": 0}
+    code, _, err = run_cli("build", tiny["job_path"], "-q", "--set", "quantization.exclude_nodes=[fc3]")
+    assert code == 2 and ("did you mean 'fc1'?" in err or "did you mean 'fc2'?" in err)
+    code, _, err = run_cli("build", tiny["job_path"], "-q", "--set", "quantization.exclude_nodes=[flat1]")
+    assert code == 2 and "'flat'" not in err and "listed by 'trtq inspect MODEL'" in err  # Flatten: nothing to exclude

@@ -49,3 +49,17 @@ def test_accuracy_accumulator_known_answer():
     assert r["int8"]["top1_agreement"] == 0.75
     assert r["fp32"]["top2"] == 1.0 and r["int8"]["top2"] == 0.75
     assert r["int8"]["fidelity"]["max_abs_error"] == 2.0
+
+
+def test_agreement_only_for_batch_by_classes_outputs():
+    rng = np.random.default_rng(0)
+    maps = AccuracyAccumulator()  # a detector's probability map [N, 1, H, W]: a flattened argmax means nothing
+    maps.update(rng.random((4, 1, 8, 8)), rng.random((4, 1, 8, 8)), None)
+    assert "top1_agreement" not in maps.result()["int8"]
+    seqs = AccuracyAccumulator()  # a recogniser's [N, T, C]: per-step distributions, not one class
+    seqs.update(rng.random((4, 10, 30)), rng.random((4, 10, 30)), None)
+    assert "top1_agreement" not in seqs.result()["int8"]
+    logits = AccuracyAccumulator()
+    x = rng.random((4, 5))
+    logits.update(x, x, None)
+    assert logits.result()["int8"]["top1_agreement"] == 1.0

@@ -130,13 +130,18 @@ def _cmd_inspect(args) -> int:
     prepared = prepare(Path(args.model))
     plan = prepared.plan
     out = _console()
+    if args.json:
+        import json
+
+        print(json.dumps(_inspect_doc(prepared), indent=2))
+        return 0
     for spec in prepared.inputs:
         out.print(f"input  {spec.name}: {spec.dtype} {['?' if d is None else d for d in spec.shape]}")
     for name in prepared.outputs:
         out.print(f"output {name}")
     table = Table(title=f"{len(plan.nodes)} weighted ops trtq quantizes")
     for col in ("node", "op", "activation", "weight", "axis"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")  # whole names, to paste into exclude_nodes
     for q in plan.nodes:
         table.add_row(q.node, q.op_type, q.activation, q.weight, str(q.axis))
     out.print(table)
@@ -145,6 +150,18 @@ def _cmd_inspect(args) -> int:
     for node, count in plan.in_subgraphs.items():
         out.print(f"not quantized: {count} weighted op(s) inside the subgraphs of {node} (control flow)")
     return 0
+
+
+def _inspect_doc(prepared) -> dict:
+    plan = prepared.plan
+    return {"model": str(prepared.path),
+            "inputs": [{"name": i.name, "shape": list(i.shape), "dtype": str(i.dtype), "batch_axis": i.batch_axis}
+                       for i in prepared.inputs],
+            "outputs": prepared.outputs,
+            "quantized": [{"node": q.node, "op": q.op_type, "activation": q.activation, "weight": q.weight,
+                           "axis": q.axis} for q in plan.nodes],
+            "not_quantized": [{"node": n, "reason": why} for n, why in plan.excluded],
+            "in_subgraphs": plan.in_subgraphs}
 
 
 def _cmd_cache(args) -> int:
@@ -301,9 +318,10 @@ def make_parser() -> argparse.ArgumentParser:  # long but flat: one declarative 
     bn.add_argument("--threads", type=int, help="intra-op threads (default: onnxruntime's choice)")
     bn.add_argument("--shape", action="append", metavar="NAME:DIMS", help="shape for dynamic inputs, e.g. input:1x3x224x224")
     bn.add_argument("--json", help="also write the statistics to this file")
-    i = _command(sub, "inspect", "list a model's inputs and the ops trtq would quantize", "  trtq inspect model.onnx",
-                 _cmd_inspect)
+    i = _command(sub, "inspect", "list a model's inputs and the ops trtq would quantize",
+                 "  trtq inspect model.onnx\n  trtq inspect model.onnx --json", _cmd_inspect)
     i.add_argument("model", help="the ONNX model")
+    i.add_argument("--json", action="store_true", help="print it as JSON (full node names, for scripts)")
     c = _command(sub, "cache", "read, convert and write TensorRT calibration caches",
                  "  trtq cache show calibration.cache\n  trtq cache to-qdq model.onnx calibration.cache -o model.int8.onnx\n"
                  "  trtq cache from-qdq model.int8.onnx --cache-version 100300", _cmd_cache)

@@ -54,7 +54,9 @@ class AccuracyAccumulator:
         na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
         cos = np.where((na > 0) & (nb > 0), np.sum(a * b, axis=1) / np.maximum(na * nb, 1e-300), 1.0)
         self.cos_sum += float(cos.sum())
-        if a.shape[1] < 2:
+        if np.ndim(fp32) != 2 or a.shape[1] < 2:
+            # only [batch, classes] is a classification: the argmax of a flattened map, a sequence of
+            # per-step distributions or a box tensor means nothing
             self.classification = False
             return
         pa, pb = a.argmax(axis=1), b.argmax(axis=1)

@@ -121,10 +121,13 @@ def plan_quantization(model: onnx.ModelProto, exclude_ops=(), exclude_nodes=()) 
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
     names = [n.name for n in graph.node]
+    # what one would exclude: weighted ops, pooling, Adds of two activations (not the bias Add beside a MatMul)
+    quantizable = [n.name for n in graph.node if n.op_type in WEIGHTED_OPS or n.op_type in POOLS
+                   or (n.op_type == "Add" and not any(i in inits for i in n.input))]
     for bad in exclude_nodes:
         if bad not in names:
-            close = difflib.get_close_matches(bad, names, n=1)
-            hint = f"did you mean '{close[0]}'?" if close else "node names are listed by 'trtq inspect MODEL'"
+            close = difflib.get_close_matches(bad, quantizable, n=1)
+            hint = f"did you mean '{close[0]}'?" if close else "the nodes trtq quantizes are listed by 'trtq inspect MODEL'"
             raise JobError(f"quantization.exclude_nodes: no node named '{bad}' in the model; {hint}")
     plan = QuantPlan([])
     for node in graph.node:
