@@ -4,7 +4,6 @@ code 2, no traceback, nothing written."""
 
 import numpy as np
 import onnx
-import pytest
 from conftest import assert_clean_error as _assert_clean_error
 from conftest import job_with as _job
 from conftest import write_job

@@ -96,13 +96,8 @@ def depthwise_inputs(model: onnx.ModelProto, tensors: list[str]) -> dict[str, Li
     return out
 
 
-def _exposed(prepared: PreparedModel, spec: DataSpec, tensors: list[str], samples: int, run=None, data=None):
-    """The values of ``tensors`` for each batch of the first ``samples`` calibration samples
-    (``data``: those batches, already read)."""
-    run = run or _runner(prepared, tensors)
-    if data is None:
-        data = batches(open_source(spec, prepared.inputs, "calibration"), prepared.inputs, spec.batch_size,
-                       "calibration", spec.skip, samples)
+def _exposed(run: Runner, tensors: list[str], data: list):
+    """The values of ``tensors`` for each batch of ``data`` (``run`` exposes them)."""
     for batch in data:
         names = [t for t in tensors if t not in batch.feeds]
         got = dict(zip(names, run(batch.feeds, names)))
@@ -118,11 +113,10 @@ def _channel_sum(x: np.ndarray) -> np.ndarray:
     return x.sum(axis=tuple(i for i in range(x.ndim) if i != 1), dtype=np.float64)
 
 
-def moments(prepared: PreparedModel, spec: DataSpec, tensors: list[str], samples: int = SAMPLES,
-            run=None, data=None) -> dict[str, Moments]:
-    """Per-channel (axis 1) max |x|, mean and mean square of ``tensors`` over the first samples."""
+def moments(run: Runner, tensors: list[str], data: list) -> dict[str, Moments]:
+    """Per-channel (axis 1) max |x|, mean and mean square of ``tensors`` over the batches ``data``."""
     sums: dict[str, list] = {}
-    for got in _exposed(prepared, spec, tensors, samples, run, data):
+    for got in _exposed(run, tensors, data):
         for t in tensors:
             x = np.asarray(got[t], np.float32)
             axes = tuple(i for i in range(x.ndim) if i != 1)
@@ -135,16 +129,14 @@ def moments(prepared: PreparedModel, spec: DataSpec, tensors: list[str], samples
     return {t: Moments(a, s / n, q / n) for t, (a, s, q, n) in sums.items()}
 
 
-def quantization_error(prepared: PreparedModel, spec: DataSpec, stats: dict[str, Moments],
-                       scales: dict[str, np.ndarray], samples: int = SAMPLES, run=None,
-                       data=None) -> dict[str, tuple]:
+def quantization_error(run: Runner, data: list, stats: dict[str, Moments],
+                       scales: dict[str, np.ndarray]) -> dict[str, tuple]:
     """Per channel, the mean square error symmetric int8 (one scale per tensor, its max |x| / 127)
     makes on each tensor — as it is, and with ``scales`` applied (referred back to the unscaled
     values, ÷ s²)."""
     tensors = list(stats)
     sums: dict[str, list] = {t: [0.0, 0.0, 0] for t in tensors}
-    run = run or _runner(prepared, tensors)
-    for got in _exposed(prepared, spec, tensors, samples, run, data):
+    for got in _exposed(run, tensors, data):
         for t in tensors:
             x = np.asarray(got[t], np.float32)
             step = np.float32(max(float(stats[t].absmax.max(initial=0.0)), 1e-30) / 127.0)
@@ -207,18 +199,17 @@ def equalize_channels(prepared: PreparedModel, spec: DataSpec, enabled: bool, ex
         run = _runner(prepared, exposed)
         data = list(batches(open_source(spec, prepared.inputs, "calibration"), prepared.inputs, spec.batch_size,
                             "calibration", spec.skip, samples))  # read once, for both passes
-        stats = moments(prepared, spec, exposed, samples, run, data)
+        stats = moments(run, exposed, data)
         candidates: dict[str, np.ndarray] = {}
         for t in links if enabled else ():
             s = equalize.widen(stats[t].absmax)
             if np.any(s > 1) and equalize.absorbable(prepared.model.graph, t) is None:
                 candidates[t] = s
-        errors = quantization_error(prepared, spec, {t: stats[t] for t in links}, candidates, samples, run, data)
-    # only where narrow channels really cap the output: widening costs headroom, and scales from a
-    # few samples can overshoot on others (measured: the PP-OCR classifier, unflagged, lost 5 dB)
-    flagged = {f["tensor"] for f in findings(stats, links, errors, {})}
-    scales = {t: s for t, s in candidates.items() if t in flagged}
-    found = findings(stats, links, errors, scales)
+        errors = quantization_error(run, data, {t: stats[t] for t in links}, candidates)
+    # only where narrow channels really cap the output (the findings): widening costs headroom, and scales
+    # from a few samples can overshoot on others (measured: the PP-OCR classifier, unflagged, lost 5 dB)
+    found = findings(stats, links, errors, candidates)
+    scales = {f["tensor"]: candidates[f["tensor"]] for f in found if f["equalized"]}
     if scales:
         prepared = with_scales(prepared, scales, exclude_ops, exclude_nodes)
     return prepared, scales, found

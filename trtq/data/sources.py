@@ -20,7 +20,7 @@ import numpy as np
 
 from ..errors import DataError, TrtqError, one_line
 from ..job import DataSpec
-from ..model.load import InputSpec
+from ..model.load import InputSpec, fixed_batch
 from ..plugins import import_callable
 from .preprocess import load_image
 
@@ -288,12 +288,7 @@ def stack_samples(samples: list[dict[str, np.ndarray]], ids: list[str], inputs: 
                                 f"or inputs.{spec.name}.batch_axis")
             feeds[spec.name] = values[0]
             continue
-        shapes = {v.shape for v in values}
-        if len(shapes) > 1:
-            raise DataError(f"{section}: samples {ids[0]} … {ids[-1]} of one batch give '{spec.name}' different "
-                            f"shapes ({' and '.join('x'.join(map(str, s)) for s in sorted(shapes)[:2])}); "
-                            f"batch same-sized samples, resize them to one size, or set {section}.batch_size: 1")
-        feeds[spec.name] = np.stack(values, axis=spec.batch_axis)
+        feeds[spec.name] = np.stack(values, axis=spec.batch_axis)  # one shape: batches() groups samples by shape
     return feeds
 
 
@@ -338,7 +333,7 @@ def batches(source: Source, inputs: list[InputSpec], batch_size: int, section: s
     """
     stop = None if max_samples is None else skip + max_samples
     selected = itertools.islice(source, skip, stop)
-    fixed = next((i.fixed_batch for i in inputs if i.fixed_batch is not None), None)
+    fixed = fixed_batch(inputs)
     pending: dict[tuple, list[tuple[str, dict[str, np.ndarray], int | None]]] = {}
     counts = {"yielded": 0, "dropped": 0}
 

@@ -15,6 +15,7 @@ import onnx
 from ..data.sources import batches, open_source, planned_count, prefetch
 from ..errors import DataError, JobError
 from ..job import EvaluationSpec, TensorRTSpec
+from ..model.load import fixed_batch
 from ..model.prepare import PreparedModel
 from ..plugins import import_callable
 from ..progress import Progress
@@ -152,8 +153,7 @@ def _per_layer(prepared: PreparedModel, spec: EvaluationSpec, qdq_model: onnx.Mo
         src = open_source(spec, prepared.inputs, "evaluation")
         # one sample at a time: the exposed tensors of both models, not a whole batch of them, are what
         # must fit (and a fixed batch size keeps its own)
-        fixed = next((i.fixed_batch for i in prepared.inputs if i.fixed_batch is not None), None)
-        return batches(src, prepared.inputs, fixed or 1, "evaluation", spec.skip, count)
+        return batches(src, prepared.inputs, fixed_batch(prepared.inputs) or 1, "evaluation", spec.skip, count)
 
     with progress.task("per-layer error", count, "samples") as advance:
         per_layer = per_layer_errors(

@@ -42,30 +42,28 @@ def _attr(node: onnx.NodeProto, name: str, default=None):
     return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
 
 
-def _absorbers(graph: onnx.GraphProto, tensor: str, depth: int = 0) -> tuple[list[onnx.NodeProto], str]:
+def _absorbers(maps, outputs: set[str], tensor: str, depth: int = 0) -> tuple[list[onnx.NodeProto], str]:
     """The nodes that can take the scales for ``tensor`` — looking through single-use Relus, and
     through an Add of two activations into both branches — or why not."""
-    producers, consumers, inits = _maps(graph)
-    outputs = {o.name for o in graph.output}
+    producers, consumers, inits = maps
     node = producers.get(tensor)
     if node is not None and node.op_type == "Add" and depth < 4 and not any(i in inits for i in node.input):
         nodes = []
         for branch in node.input:  # a residual sum scales as both its terms do
             if len(consumers.get(branch, [])) != 1 or branch in outputs:
                 return [], "an Add input that is read elsewhere"
-            found, why = _absorbers(graph, branch, depth + 1)
+            found, why = _absorbers(maps, outputs, branch, depth + 1)
             if not found:
                 return [], why
             nodes += found
         return nodes, ""
-    found, why = _absorber(graph, tensor)
+    found, why = _absorber(maps, outputs, tensor)
     return ([found] if found is not None else []), why
 
 
-def _absorber(graph: onnx.GraphProto, tensor: str) -> tuple[onnx.NodeProto | None, str]:
+def _absorber(maps, outputs: set[str], tensor: str) -> tuple[onnx.NodeProto | None, str]:
     """The node that can take the scales for ``tensor`` (looking through single-use Relus), or why not."""
-    producers, consumers, inits = _maps(graph)
-    outputs = {o.name for o in graph.output}
+    producers, consumers, inits = maps
     t = tensor
     while True:
         node = producers.get(t)
@@ -90,16 +88,22 @@ def _absorber(graph: onnx.GraphProto, tensor: str) -> tuple[onnx.NodeProto | Non
         return None, f"produced by {node.op_type}, which cannot absorb per-channel scales exactly"
 
 
+def _analyse(graph: onnx.GraphProto, tensor: str, maps) -> tuple[list[onnx.NodeProto], str]:
+    """(the producers that take ``tensor``'s scales, "") when its producer side and every reader
+    can absorb them exactly; else ([], why not)."""
+    _, consumers, inits = maps
+    outputs = {o.name for o in graph.output}
+    if tensor in outputs:
+        return [], "a graph output"
+    for n in consumers.get(tensor, []):
+        if n.op_type != "Conv" or n.input[0] != tensor or n.input[1] not in inits:
+            return [], f"also read by {n.op_type} '{n.name}'"
+    return _absorbers(maps, outputs, tensor)
+
+
 def absorbable(graph: onnx.GraphProto, tensor: str) -> str | None:
     """None when ``tensor`` can be equalized; else the reason it cannot."""
-    producers, consumers, inits = _maps(graph)
-    if tensor in {o.name for o in graph.output}:
-        return "a graph output"
-    readers = consumers.get(tensor, [])
-    for n in readers:
-        if n.op_type != "Conv" or n.input[0] != tensor or n.input[1] not in inits:
-            return f"also read by {n.op_type} '{n.name}'"
-    nodes, why = _absorbers(graph, tensor)
+    nodes, why = _analyse(graph, tensor, _maps(graph))
     return None if nodes else why
 
 
@@ -159,14 +163,15 @@ def apply(model: onnx.ModelProto, scales: dict[str, np.ndarray]) -> onnx.ModelPr
     graph = out.graph
     for tensor, s in scales.items():
         s = np.asarray(s, np.float64)
-        nodes, why = _absorbers(graph, tensor)
-        if not nodes or absorbable(graph, tensor) is not None:
-            raise ValueError(f"tensor '{tensor}' cannot be equalized: {why or absorbable(graph, tensor)}")
-        _, consumers, inits = _maps(graph)
+        maps = _maps(graph)  # afresh for each tensor: an earlier one's rewrite renamed initializers
+        nodes, why = _analyse(graph, tensor, maps)
+        if not nodes:
+            raise ValueError(f"tensor '{tensor}' cannot be equalized: {why}")
+        _, consumers, inits = maps
         for node in nodes:
-            _scale_producer(graph, node, s, {i.name: i for i in graph.initializer})
+            _scale_producer(graph, node, s, inits)
         for c in consumers[tensor]:
-            _scale_consumer(graph, c, s, {i.name: i for i in graph.initializer})
+            _scale_consumer(graph, c, s, inits)
     used = {i for n in graph.node for i in n.input}
     keep = [i for i in graph.initializer if i.name in used]
     del graph.initializer[:]

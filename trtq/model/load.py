@@ -35,6 +35,11 @@ class InputSpec:
         return self.shape[:self.batch_axis] + self.shape[self.batch_axis + 1:]
 
 
+def fixed_batch(inputs: list[InputSpec]) -> int | None:
+    """The batch size the model's inputs fix, if any does (None: any batch size runs)."""
+    return next((i.fixed_batch for i in inputs if i.fixed_batch is not None), None)
+
+
 def load_model(path: Path, input_shapes: dict[str, tuple[int, ...]] | None = None,
                batch_axes: dict[str, int | None | str] | None = None) -> onnx.ModelProto:
     """Load, check and prepare a model; errors name the file and what to do. ``batch_axes``:

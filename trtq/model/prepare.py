@@ -97,9 +97,7 @@ def prepare(path: Path, input_shapes: dict[str, tuple[int, ...]] | None = None, 
     plan = plan_quantization(model, exclude_ops, exclude_nodes)
     if every_tensor:
         plan.cache_only = [t for t in float_activations(model) if t not in set(plan.activations)]
-    prepared = PreparedModel(Path(path), model, specs, plan)
-    prepared.folded = folded
-    return prepared
+    return PreparedModel(Path(path), model, specs, plan, folded)
 
 
 def prepare_job(job: Job) -> PreparedModel:

@@ -26,6 +26,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from ..errors import one_line
 from ..model.load import expose_tensors
 from .onnxruntime import BoundRunner, session
 
@@ -67,7 +68,7 @@ def expose(model: onnx.ModelProto, tensors: list[str], channel_axes: dict[str, i
     try:
         optimized = _optimized(plain.model)
     except Exception as exc:  # noqa: BLE001 - any failure here only means the ordinary path (said in the report)
-        plain.fallback = f"optimizing the exposed model failed ({_first_line(exc)})"
+        plain.fallback = f"optimizing the exposed model failed ({one_line(exc)})"
         return plain
     wanted = {t for t in tensors if channel_axes.get(t) in (None, 1)}
     native_exposure = _unreorder(optimized, tensors, wanted, block)
@@ -75,11 +76,6 @@ def expose(model: onnx.ModelProto, tensors: list[str], channel_axes: dict[str, i
         plain.fallback = "no exposed tensor is in ONNX Runtime's NCHWc layout"
         return plain
     return native_exposure
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{exc.__class__.__name__}: {text[0][:200]}" if text else exc.__class__.__name__
 
 
 class ExposedRunner:
@@ -165,7 +161,7 @@ def probe() -> tuple[int, str | None]:
             return 0, "ONNX Runtime uses no NCHWc layout on this CPU"  # (or a layout this module does not know)
         raw = ExposedRunner(exposure)(feeds, ["y"])[0]
     except Exception as exc:  # noqa: BLE001 - no native layout, then (said in the report)
-        return 0, f"the NCHWc layout probe failed ({_first_line(exc)})"
+        return 0, f"the NCHWc layout probe failed ({one_line(exc)})"
     for block in (4, 8, 16, 32, 64):
         blocked = ref.reshape(1, channels // block, block, side * side).transpose(0, 1, 3, 2)
         if raw.shape == ref.shape and np.array_equal(raw.ravel(), blocked.ravel()):
