@@ -63,3 +63,19 @@ def test_conv_weight_scales_are_per_output_channel():
     w = rng.normal(size=(8, 3, 3, 3)).astype(np.float32)
     expected = np.abs(w).reshape(8, -1).max(axis=1) / 127
     np.testing.assert_allclose(per_channel_scales(w, 0), expected, rtol=1e-6)
+
+
+def test_per_tensor_scale_of_the_4x3_matrix_is_one_max_over_127():
+    """The issue's example by hand: per row 3.0/127, 2.5/127, 1.2/127, 1.0/127; per tensor one
+    3.0/127 — so the last row, max 1.0, uses only 42 of its 127 levels."""
+    from trtq.quant.weights import weight_scales
+    per_channel = weight_scales(W, 0, granularity="per_channel")
+    np.testing.assert_allclose(per_channel, [3.0 / 127, 2.5 / 127, 1.2 / 127, 1.0 / 127], rtol=1e-7)
+    per_tensor = weight_scales(W, 0, granularity="per_tensor")
+    assert per_tensor.shape == () and per_tensor.dtype == np.float32
+    assert per_tensor == np.float32(3.0 / 127)
+    q = quantize_weights(W, per_tensor, 0)
+    assert list(q[3]) == [42, 11, -32]  # 1.0·127/3 = 42.33, 0.25·127/3 = 10.58, −0.75·127/3 = −31.75
+    assert list(quantize_weights(W, per_channel, 0)[3]) == [127, 32, -95]  # 31.75 → 32, 95.25 → 95
+    err_t = np.abs(dequantize_weights(q, per_tensor, 0) - W).max(axis=1)
+    assert np.all(err_t <= 3.0 / 127 / 2 + 1e-7)  # one step for all rows: half of 3/127

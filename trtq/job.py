@@ -128,6 +128,9 @@ class CalibratorSpec(_Strict):
 class QuantizationSpec(_Strict):
     target: Literal["onnxruntime", "tensorrt"] = "onnxruntime"
     weight_method: Literal["max", "mse"] = Field("max", description="per-channel weight amax: max |w|, or the MSE-optimal clip")
+    weights: Literal["per_channel", "per_tensor"] = Field("per_channel", description="weight scales: one per output "
+                                                          "channel (TensorRT's and ONNX Runtime's default), or one "
+                                                          "per weight tensor (loses most on depthwise convolutions)")
     weight_bits: Literal["auto", 7, 8] = Field("auto", description="ONNX Runtime engine: 7-bit weights avoid int16 "
                                               "saturation on CPUs without VNNI; auto picks by the CPU")
     bias_correction: bool = Field(True, description="fold the mean output shift of weight quantization into each bias")

@@ -29,6 +29,7 @@ from ..quant.precision import cast_nodes_fp16
 from ..quant.qdq import insert_qdq
 from ..quant.weights import QMAX_BY_BITS
 from ..report.assemble import add_evaluation, build_report
+from ..report.size import model_size
 from ..report.writer import write_report
 from ..runtime.onnxruntime import Runner, cpu_info, session
 
@@ -99,7 +100,7 @@ def _ort_engine(job: Job, prepared: PreparedModel, cal: Calibration, means, stag
         progress.note("CPU without VNNI: ONNX Runtime engine uses 7-bit weights to avoid int16 saturation "
                       "(quantization.weight_bits overrides)")
     qdq = insert_qdq(prepared.model, prepared.plan, cal.ranges, "onnxruntime", QMAX_BY_BITS[bits], q.weight_method,
-                     means)
+                     means, weight_granularity=q.weights)
     kernels = ort_engine.build_engine(qdq, stage / ORT_ENGINE)
     return {"path": ORT_ENGINE, "kind": "onnxruntime-cpu", "kernels": kernels, "weight_bits": bits,
             "optimized_for": cpu}, qdq
@@ -171,7 +172,7 @@ def build(job: Job, out_root: Path | None = None, progress: Progress | None = No
             arrays = dict(sorted(means.items()))  # same bytes whether collected or reused
             write_atomic(stage / MEANS, lambda tmp: np.savez(tmp, **arrays))
         trt_qdq = insert_qdq(prepared.model, prepared.plan, cal.ranges, "tensorrt", weight_method=q.weight_method,
-                             input_means=means)
+                             input_means=means, weight_granularity=q.weights)
         excluded = [node for node, _ in prepared.plan.excluded]
         fp16 = q.target == "tensorrt" and q.keep_precision == "fp16" and bool(excluded)
         if fp16:
@@ -182,14 +183,16 @@ def build(job: Job, out_root: Path | None = None, progress: Progress | None = No
         else:
             engine, eval_qdq = _ort_engine(job, prepared, cal, means, stage, cpu, progress)
         quantization = {"target": q.target, "quantized_nodes": len(prepared.plan.nodes),
-                        "weight_method": q.weight_method, "bias_correction": means is not None,
+                        "weight_method": q.weight_method, "weights": q.weights, "bias_correction": means is not None,
                         "excluded": [list(k) for k in prepared.plan.excluded],
                         "excluded_precision": "fp16" if fp16 else "fp32",
                         "activation_tensors": len(prepared.plan.activations),
                         "in_subgraphs": prepared.plan.in_subgraphs,
                         "equalized": {t: int((s > 1).sum()) for t, s in prepared.equalized.items()},
                         "narrow_channels": narrow}
-        report = build_report(job, prepared, cal.info, quantization, engine, cpu)
+        size = model_size(prepared.path, prepared.model, stage / QDQ_MODEL, trt_qdq,
+                          stage / engine["path"] if engine.get("path") else None)
+        report = build_report(job, prepared, cal.info, quantization, engine, cpu, size)
         if job.evaluation is not None:
             result = evaluate_build(job, prepared, stage, engine, eval_qdq, progress)
             add_evaluation(report, result.sections, result.latency_ms, stage)

@@ -32,7 +32,8 @@ def _ort_qdq(prepared, folder: Path, report: dict, ranges_doc: dict) -> onnx.Mod
         with np.load(folder / MEANS) as z:
             means = {k: z[k] for k in z.files}
     return insert_qdq(prepared.model, prepared.plan, ranges, "onnxruntime", qmax,
-                      report["quantization"].get("weight_method", "max"), means)
+                      report["quantization"].get("weight_method", "max"), means,
+                      weight_granularity=report["quantization"].get("weights", "per_channel"))
 
 
 def reevaluate(job: Job, out_root: Path | None = None, progress: Progress | None = None) -> BuildResult:

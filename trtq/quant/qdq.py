@@ -19,7 +19,7 @@ from ..calib.ranges import Range
 from ..errors import JobError
 from ..model.plan import QuantNode, QuantPlan
 from .policy import Flavor, Policy, policy as get_policy
-from .weights import FixedWeight, bias_shift, dequantize_weights, per_channel_scales, quantize_weights
+from .weights import FixedWeight, bias_shift, dequantize_weights, quantize_weights, weight_scales
 
 BIAS_LIMIT = 2**30  # |int32 bias| kept below this, leaving headroom for the accumulation
 
@@ -28,19 +28,19 @@ def _fit_int32_bias(w_scales: np.ndarray, bias: np.ndarray, act_scale: float) ->
     """Raise a channel's weight scale where ``bias / (act_scale · w_scale)`` would not fit the
     int32 bias (channels whose weights are almost, but not exactly, zero): such weights are
     negligible, and a saturated bias is not."""
-    if bias.ndim != 1 or bias.shape[0] != w_scales.shape[0]:
+    if bias.ndim != 1 or (w_scales.ndim and bias.shape[0] != w_scales.shape[0]):
         return w_scales
     need = (np.abs(bias.astype(np.float64)) / (np.float64(act_scale) * BIAS_LIMIT)).astype(np.float32)
-    return np.maximum(w_scales, need)
+    return np.maximum(w_scales, need if w_scales.ndim else need.max(initial=0))
 
 
 class _QDQGraph:
     """The new graph being written: nodes in order, new initializers, and the Q/DQ made so far."""
 
     def __init__(self, model: onnx.ModelProto, ranges: dict[str, Range], pol: Policy,
-                 fixed: dict[str, FixedWeight] | None = None):
+                 fixed: dict[str, FixedWeight] | None = None, granularity: str = "per_channel"):
         self.model, self.ranges, self.policy = model, ranges, pol
-        self.fixed = fixed or {}
+        self.fixed, self.granularity = fixed or {}, granularity
         self.inits = {i.name: i for i in model.graph.initializer}
         self.uses: dict[str, int] = {}
         for node in model.graph.node:
@@ -101,7 +101,7 @@ class _QDQGraph:
     # -- weights (with bias correction) --------------------------------------------------------
     def weight(self, node: onnx.NodeProto, q: QuantNode, bias: np.ndarray | None, qmax: int, method: str,
                mean: np.ndarray | None) -> np.ndarray | None:
-        """int8 weights behind a DQ (per channel, or the given :class:`FixedWeight` as it is);
+        """int8 weights behind a DQ (per channel or per tensor, or the given :class:`FixedWeight` as it is);
         returns the bias, corrected when ``mean`` (the input's per-channel mean) is known."""
         w = self.array(q.weight)
         fixed = self.fixed.get(q.weight)
@@ -111,7 +111,7 @@ class _QDQGraph:
                                f"{np.shape(fixed.scale)} do not fit the weight {w.shape}")
             scales, axis, qw_values = np.asarray(fixed.scale, np.float32), fixed.axis, fixed.q.astype(np.int8)
         else:
-            scales, axis, qw_values = per_channel_scales(w, q.axis, qmax, method), q.axis, None
+            scales, axis, qw_values = weight_scales(w, q.axis, qmax, method, self.granularity), q.axis, None
         if bias is not None and mean is not None:
             w_q = qw_values if qw_values is not None else quantize_weights(w, scales, axis, qmax)
             bias = self._corrected_bias(node, q, w, dequantize_weights(w_q, scales, axis), bias, mean)
@@ -185,20 +185,22 @@ class _QDQGraph:
 def insert_qdq(model: onnx.ModelProto, plan: QuantPlan, ranges: dict[str, Range],
                flavor: Flavor | Policy, weight_qmax: int = 127, weight_method: str = "max",
                input_means: dict[str, np.ndarray] | None = None,
-               fixed_weights: dict[str, FixedWeight] | None = None) -> onnx.ModelProto:
+               fixed_weights: dict[str, FixedWeight] | None = None,
+               weight_granularity: str = "per_channel") -> onnx.ModelProto:
     """Return a copy of ``model`` with Q/DQ pairs per ``plan`` and calibrated ``ranges``.
 
     ``input_means`` (tensor → per-channel mean of a weighted op's input) turns on bias
     correction: each bias absorbs the mean shift its layer's weight quantization causes.
     ``fixed_weights`` (weight initializer → :class:`FixedWeight`) are written as given instead
-    of computing scales and rounding; the int32 bias and bias correction use their scales."""
+    of computing scales and rounding; the int32 bias and bias correction use their scales.
+    ``weight_granularity``: ``per_channel`` (one scale per output channel) or ``per_tensor``."""
     pol = get_policy(flavor)
     missing = [a for a in plan.activations if a not in ranges]
     if missing:
         raise JobError(f"no calibrated range for tensor(s) {', '.join(missing[:5])}; recalibrate")
     out = onnx.ModelProto()
     out.CopyFrom(model)
-    g = _QDQGraph(out, ranges, pol, fixed_weights)
+    g = _QDQGraph(out, ranges, pol, fixed_weights, weight_granularity)
     by_node = {q.node: q for q in plan.nodes}
     extra_inputs = pol.add_inputs(plan)
     for original in list(out.graph.node):

@@ -53,6 +53,15 @@ def per_channel_scales(w: np.ndarray, axis: int, qmax: int = 127, method: str = 
     return (safe_amax_array(amax) / qmax).astype(np.float32)
 
 
+def weight_scales(w: np.ndarray, axis: int, qmax: int = 127, method: str = "max",
+                  granularity: str = "per_channel") -> np.ndarray:
+    """:func:`per_channel_scales`, or with ``per_tensor`` one scale for the whole weight (shape
+    ``()``): the amax over every channel."""
+    if granularity == "per_channel":
+        return per_channel_scales(w, axis, qmax, method)
+    return per_channel_scales(np.asarray(w).reshape(1, -1), 0, qmax, method).reshape(())
+
+
 def _bshape(scales: np.ndarray, ndim: int, axis: int) -> np.ndarray:
     shape = [1] * ndim
     shape[axis] = -1

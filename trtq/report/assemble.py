@@ -54,9 +54,12 @@ def engine_files(engine: dict) -> list[str]:
 
 
 def build_report(job: Job, prepared: PreparedModel, calibration: dict, quantization: dict, engine: dict,
-                 machine: dict) -> dict:
-    """The report of one build before its evaluation (see :func:`add_evaluation`)."""
+                 machine: dict, size: dict | None = None) -> dict:
+    """The report of one build before its evaluation (see :func:`add_evaluation`); ``size``:
+    :func:`~trtq.report.size.model_size` of the build's files."""
     report = _document(job, prepared, calibration, quantization, engine, machine)
+    if size is not None:
+        report["size"] = size
     report["warnings"] = warnings(report)
     return report
 

@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 from ..artifacts import LATENCY_PNG, PER_LAYER_PNG, REPORT_JSON, REPORT_MD, write_atomic_group
+from .size import megabytes
 
 
 def _clean(obj):
@@ -75,6 +76,24 @@ def headline_rows(report: dict) -> list[tuple[str, str, str, str]]:
         if fs:
             rows.append((f"latency p50 bs{bs}", _ms(fs["p50_ms"]), _ms(st["p50_ms"]),
                          f"{st['p50_ms'] / fs['p50_ms']:.2f}× FP32"))
+    return rows + size_rows(report)
+
+
+def _smaller(a, b) -> str:
+    return f"{a / b:.2f}× smaller" if a and b else ""
+
+
+def size_rows(report: dict) -> list[tuple[str, str, str, str]]:
+    """Headline rows of the model size: model file (model.int8.onnx), engine file, weights alone."""
+    size = report.get("size")
+    if not size:
+        return []
+    rows = [("model file (model.int8.onnx)", megabytes(size["fp32_model_bytes"]), megabytes(size["int8_model_bytes"]),
+             _smaller(size["fp32_model_bytes"], size["int8_model_bytes"]))]
+    if size.get("engine_bytes"):
+        rows.append((f"engine file ({report['engine']['path']})", "—", megabytes(size["engine_bytes"]), ""))
+    w = size["weights"]
+    rows.append(("weights", megabytes(w["fp32_bytes"]), megabytes(w["int8_bytes"]), _smaller(w["fp32_bytes"], w["int8_bytes"])))
     return rows
 
 
@@ -180,7 +199,8 @@ def _layout_line(cal: dict) -> list[str]:
 def _quantization_lines(report: dict) -> list[str]:
     cal, q = report["calibration"], report["quantization"]
     lines = ["", "## Quantization", "",
-             f"- {q['quantized_nodes']} weighted ops quantized (per-channel int8 weights), "
+             f"- {q['quantized_nodes']} weighted ops quantized "
+             f"({q.get('weights', 'per_channel').replace('_', '-')} int8 weights), "
              f"{len(q['excluded'])} kept out of INT8 (in {q['excluded_precision'].upper()})"
              + (": " + ", ".join(f"`{n}` ({r})" for n, r in q["excluded"]) if q["excluded"] else ""),
              f"- {cal['tensors']} activation tensors calibrated; data fingerprint `{cal['data_fingerprint'][:16]}…`"]
@@ -213,9 +233,11 @@ def render_markdown(report: dict) -> str:
     if rows:
         lines += ["| metric | FP32 | INT8 | change |", "|---|---|---|---|"]
         lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
-        lines += ["", "Brackets: 95 % Wilson interval of the proportion."]
-    else:
-        lines += ["No evaluation section in the job: accuracy and latency were not measured."]
+        if report.get("int8"):
+            lines += ["", "Brackets: 95 % Wilson interval of the proportion."]
+        lines += [f"Size: {n}." for n in report.get("size", {}).get("notes", [])]
+    if not report.get("int8"):
+        lines += ["", "No evaluation section in the job: accuracy and latency were not measured."]
     lines += _latency_lines(report) + _outputs_lines(report)
     if LATENCY_PNG in report.get("plots", []):
         lines += ["", f"![latency]({LATENCY_PNG})"]
