@@ -136,6 +136,9 @@ class QuantizationSpec(_Strict):
     bias_correction: bool = Field(True, description="fold the mean output shift of weight quantization into each bias")
     equalize_channels: bool = Field(True, description="widen activation channels narrower than 1/8 of their tensor's "
                                     "widest in front of depthwise convolutions, where the graph absorbs it exactly")
+    convert_asymmetric: bool = Field(False, description="pre-quantized models for TensorRT: give activations with a "
+                                     "zero point or uint8 the symmetric int8 scale covering the same [min, max] "
+                                     "(a coarser step: up to 6 dB more noise on such a tensor) instead of refusing them")
     exclude_ops: tuple[str, ...] = ()
     exclude_nodes: tuple[str, ...] = ()
     keep_precision: Literal["fp32", "fp16"] = Field("fp16", description="precision of the layers kept out of INT8 in "
@@ -210,7 +213,8 @@ class Job(_Strict):
     model: Path
     input_shapes: dict[str, tuple[int, ...]] | None = None
     inputs: dict[str, InputOptions] = Field(default_factory=dict)
-    calibration: DataSpec
+    calibration: DataSpec | None = Field(None, description="the calibration data; only a model that already holds "
+                                         "Q/DQ nodes (pre-quantized) may omit it")
     calibrator: CalibratorSpec = CalibratorSpec()
     quantization: QuantizationSpec = QuantizationSpec()
     tensorrt: TensorRTSpec = TensorRTSpec()
@@ -230,7 +234,7 @@ class Job(_Strict):
 
     def batch_sizes(self) -> list[tuple[str, int]]:
         """Every batch size the job runs the model at, with the key that sets it."""
-        sizes = [("calibration.batch_size", self.calibration.batch_size)]
+        sizes = [("calibration.batch_size", self.calibration.batch_size)] if self.calibration is not None else []
         if self.evaluation is not None:
             sizes.append(("evaluation.batch_size", self.evaluation.batch_size))
             sizes += [("evaluation.latency.batch_sizes", b) for b in self.evaluation.latency.batch_sizes]
@@ -486,7 +490,7 @@ def job_from_data(data: dict, path: Path, overrides: list[str] = (), cwd: Path |
         job = Job.model_validate(data)
     except ValidationError as err:
         raise JobError(_format_error(str(path), err)) from None
-    if job.evaluation is not None and "preprocess" not in data.get("evaluation", {}):
+    if job.evaluation is not None and job.calibration is not None and "preprocess" not in data.get("evaluation", {}):
         # evaluation images are preprocessed like calibration images unless the job says otherwise
         job = job.model_copy(update={"evaluation": job.evaluation.model_copy(update={"preprocess": job.calibration.preprocess})})
     job._command = " ".join(["trtq", "build", shlex.quote(str(path))] + [f"--set {shlex.quote(o)}" for o in overrides])

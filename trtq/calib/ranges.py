@@ -40,6 +40,17 @@ class Range:
         """The symmetric int8 scale: amax / 127 (zero ranges protected)."""
         return safe_amax(self.amax) / 127.0
 
+    @classmethod
+    def from_quantization(cls, scale: float, zero_point: int, qmin: int, qmax: int) -> Range:
+        """The range a pre-quantized model's activation covers: ``[(qmin − zp)·s, (qmax − zp)·s]``.
+        Symmetric int8 (zero point 0) gives ``amax = 127·s``, so :attr:`scale` is ``s`` again;
+        otherwise amax is the larger end, the symmetric range that covers it."""
+        s = float(np.float32(scale))
+        if zero_point == 0 and qmin == -128:
+            return cls.symmetric(127.0 * s)
+        lo, hi = (qmin - zero_point) * s, (qmax - zero_point) * s
+        return cls(max(abs(lo), abs(hi)), lo, hi)
+
     def to_json(self) -> dict[str, float]:
         return {"amax": self.amax, "min": self.min, "max": self.max, "scale": self.scale}
 

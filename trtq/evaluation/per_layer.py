@@ -99,7 +99,9 @@ def per_layer_errors(fp32_model: onnx.ModelProto, qdq_model: onnx.ModelProto, pl
     ``make_batches()`` yields the batches (called once per pass); ``make_runner(model, optimize)``
     returns ``run(feeds, names) -> list[array]``. The layers' tensors are exposed in groups
     whose activations for one batch, in both models, fit ``budget_bytes``: one pass each."""
-    layers = layer_tensors(fp32_model, plan)
+    in_qdq = {t for n in qdq_model.graph.node for t in (*n.input, *n.output)} | {i.name for i in qdq_model.graph.input}
+    # a pre-quantized model's own Q/DQ graph may name a tensor differently from its FP32 graph: such layers are skipped
+    layers = [layer for layer in layer_tensors(fp32_model, plan) if layer[2] in in_qdq and layer[3] in in_qdq]
     tensors = list(dict.fromkeys(t for _, _, x, y in layers for t in (x, y)))
     signal = dict.fromkeys(tensors, 0.0)
     noise = dict.fromkeys(tensors, 0.0)

@@ -20,6 +20,7 @@ from ..job import InputOptions, Job
 from .controlflow import fold_constant_ifs
 from .load import InputSpec, float_activations, input_specs, load_model, output_names, settle
 from .plan import QuantPlan, name_nodes, plan_quantization
+from .prequant import PreQuantized, has_qdq, restrict_plan, strip
 
 
 @dataclass
@@ -30,6 +31,7 @@ class PreparedModel:
     plan: QuantPlan
     folded: list[str] = field(default_factory=list)  # If nodes replaced by the branch a constant input chose
     equalized: dict[str, np.ndarray] = field(default_factory=dict)  # tensor → channel scales (model/equalize.py)
+    prequantized: PreQuantized | None = None  # the model held Q/DQ: ``model`` is its FP32 graph (model/prequant.py)
 
     @property
     def outputs(self) -> list[str]:
@@ -94,10 +96,16 @@ def prepare(path: Path, input_shapes: dict[str, tuple[int, ...]] | None = None, 
     if folded:
         model = settle(model, Path(path), fresh=True)
     name_nodes(model)
+    pre = None
+    if has_qdq(model):
+        model, pre = strip(model, path)
+        model = settle(model, Path(path), fresh=True)
     plan = plan_quantization(model, exclude_ops, exclude_nodes)
+    if pre is not None:
+        plan = restrict_plan(plan, set(pre.weights))
     if every_tensor:
         plan.cache_only = [t for t in float_activations(model) if t not in set(plan.activations)]
-    return PreparedModel(Path(path), model, specs, plan, folded)
+    return PreparedModel(Path(path), model, specs, plan, folded, prequantized=pre)
 
 
 def prepare_job(job: Job) -> PreparedModel:
@@ -107,4 +115,7 @@ def prepare_job(job: Job) -> PreparedModel:
                        job.calibrates_every_tensor())
     prepared.check_batch_sizes(job.batch_sizes())
     prepared.require_quantizable()
+    if job.calibration is None and prepared.prequantized is None:
+        raise JobError(f"{job.model}: calibration: required key is missing; add the calibration data to the job "
+                       "(only a model that already holds QuantizeLinear/DequantizeLinear nodes may omit it)")
     return prepared

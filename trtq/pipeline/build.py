@@ -24,6 +24,7 @@ from ..engine import tensorrt as trt_engine
 from ..evaluation.evaluate import Evaluation, evaluate, evaluate_tensorrt
 from ..job import Job
 from ..model.prepare import PreparedModel, prepare_job
+from ..model.prequant import tensorrt_form
 from ..progress import Progress
 from ..quant.precision import cast_nodes_fp16
 from ..quant.qdq import insert_qdq
@@ -32,6 +33,7 @@ from ..report.assemble import add_evaluation, build_report
 from ..report.size import model_size
 from ..report.writer import write_report
 from ..runtime.onnxruntime import Runner, cpu_info, session
+from . import prequantized
 
 
 @dataclass
@@ -99,8 +101,9 @@ def _ort_engine(job: Job, prepared: PreparedModel, cal: Calibration, means, stag
     if q.weight_bits == "auto" and bits == 7:
         progress.note("CPU without VNNI: ONNX Runtime engine uses 7-bit weights to avoid int16 saturation "
                       "(quantization.weight_bits overrides)")
+    fixed = prequantized.fixed_weights(prepared.prequantized) if prepared.prequantized else None
     qdq = insert_qdq(prepared.model, prepared.plan, cal.ranges, "onnxruntime", QMAX_BY_BITS[bits], q.weight_method,
-                     means, weight_granularity=q.weights)
+                     means, fixed_weights=fixed, weight_granularity=q.weights)
     kernels = ort_engine.build_engine(qdq, stage / ORT_ENGINE)
     return {"path": ORT_ENGINE, "kind": "onnxruntime-cpu", "kernels": kernels, "weight_bits": bits,
             "optimized_for": cpu}, qdq
@@ -149,32 +152,41 @@ def build(job: Job, out_root: Path | None = None, progress: Progress | None = No
     q = job.quantization
     trt_version, why_not = _tensorrt_here(job)
     prepared = prepare_job(job)
+    prequantized.check_target(job, prepared)
     for node in prepared.folded:
         progress.note(f"{node}: replaced by the branch the job's constant inputs select")
     for node, count in prepared.plan.in_subgraphs.items():
         progress.note(f"{count} weighted op(s) inside the subgraphs of {node} stay FP32: trtq does not quantize "
                       "inside control flow")
-    open_source(job.calibration, prepared.inputs, "calibration")  # bad data fails before any work
-    if job.evaluation is not None:
-        open_source(job.evaluation, prepared.inputs, "evaluation")
+    for spec, what in ((job.calibration, "calibration"), (job.evaluation, "evaluation")):
+        if spec is not None:
+            open_source(spec, prepared.inputs, what)  # bad data fails before any work
     cpu = cpu_info()
     root = Path(out_root) if out_root is not None else job.output
-    prepared, narrow = _equalize(job, prepared, progress)
+    narrow, pre = [], None
+    if prepared.prequantized is None:
+        prepared, narrow = _equalize(job, prepared, progress)
 
     with staged_output(root, job.name) as stage:
         if prepared.equalized:
             np.savez(stage / EQUALIZATION, **dict(sorted(prepared.equalized.items())))
-        cal = calibrate(prepared, job.calibration, job.calibrator, progress, root, reuse, shard_map)
+        if prepared.prequantized is None:
+            cal = calibrate(prepared, job.calibration, job.calibrator, progress, root, reuse, shard_map)
+        else:
+            cal, prepared, pre = prequantized.calibration(job, prepared, progress, root, reuse, shard_map)
         cal.info["cache_header"] = write_ranges(stage, cal, prepared.sha256, job, trt_version)
         means = None
-        if q.bias_correction:
+        if q.bias_correction and pre is None:  # a pre-quantized model's weights and biases stay as they are
             means = cal.means
             arrays = dict(sorted(means.items()))  # same bytes whether collected or reused
             write_atomic(stage / MEANS, lambda tmp: np.savez(tmp, **arrays))
-        trt_qdq = insert_qdq(prepared.model, prepared.plan, cal.ranges, "tensorrt", weight_method=q.weight_method,
-                             input_means=means, weight_granularity=q.weights)
         excluded = [node for node, _ in prepared.plan.excluded]
-        fp16 = q.target == "tensorrt" and q.keep_precision == "fp16" and bool(excluded)
+        fp16 = q.target == "tensorrt" and q.keep_precision == "fp16" and bool(excluded) and pre is None
+        if pre is not None:
+            trt_qdq = tensorrt_form(prepared.prequantized, q.convert_asymmetric)
+        else:
+            trt_qdq = insert_qdq(prepared.model, prepared.plan, cal.ranges, "tensorrt", weight_method=q.weight_method,
+                                 input_means=means, weight_granularity=q.weights)
         if fp16:
             trt_qdq = cast_nodes_fp16(trt_qdq, excluded)
         write_atomic(stage / QDQ_MODEL, lambda tmp: onnx.save(trt_qdq, str(tmp)))
@@ -190,6 +202,8 @@ def build(job: Job, out_root: Path | None = None, progress: Progress | None = No
                         "in_subgraphs": prepared.plan.in_subgraphs,
                         "equalized": {t: int((s > 1).sum()) for t, s in prepared.equalized.items()},
                         "narrow_channels": narrow}
+        if pre is not None:
+            quantization["prequantized"] = pre
         size = model_size(prepared.path, prepared.model, stage / QDQ_MODEL, trt_qdq,
                           stage / engine["path"] if engine.get("path") else None)
         report = build_report(job, prepared, cal.info, quantization, engine, cpu, size)

@@ -196,6 +196,23 @@ def _layout_line(cal: dict) -> list[str]:
     return [f"- calibration read every tensor in NCHW order: {layout['fallback'] or 'none is NCHWc'}"]
 
 
+def _calibrated_line(cal: dict, pre: dict | None) -> str:
+    if pre is None:
+        return f"- {cal['tensors']} activation tensors calibrated; data fingerprint `{cal['data_fingerprint'][:16]}…`"
+    line = (f"- pre-quantized model: {cal['tensors']} activation scales and {pre['int8_weights']} int8 weights taken "
+            f"from its {pre['qdq_activations']} Q/DQ activations, kept as they are")
+    if pre["calibrated_tensors"]:
+        line += f"; {len(pre['calibrated_tensors'])} tensors without a scale calibrated on {cal['samples']} samples"
+    if pre["float_without_scale"]:
+        line += (f"; {len(pre['float_without_scale'])} tensors without a scale left float in the ONNX Runtime engine "
+                 "(no calibration data)")
+    if pre["asymmetric_activations"]:
+        line += (f"; {pre['asymmetric_activations']} asymmetric activations "
+                 + ("given symmetric int8 ranges for TensorRT (quantization step {:.2f}–{:.2f}× coarser)".format(
+                     *pre["step_growth"]) if pre["converted_to_symmetric"] else "kept, which TensorRT cannot take"))
+    return line
+
+
 def _quantization_lines(report: dict) -> list[str]:
     cal, q = report["calibration"], report["quantization"]
     lines = ["", "## Quantization", "",
@@ -203,7 +220,7 @@ def _quantization_lines(report: dict) -> list[str]:
              f"({q.get('weights', 'per_channel').replace('_', '-')} int8 weights), "
              f"{len(q['excluded'])} kept out of INT8 (in {q['excluded_precision'].upper()})"
              + (": " + ", ".join(f"`{n}` ({r})" for n, r in q["excluded"]) if q["excluded"] else ""),
-             f"- {cal['tensors']} activation tensors calibrated; data fingerprint `{cal['data_fingerprint'][:16]}…`"]
+             _calibrated_line(cal, q.get("prequantized"))]
     lines += _layout_line(cal)
     if cal.get("cache_header"):
         lines.append(f"- `calibration.cache` header `{cal['cache_header']['header']}` ({cal['cache_header']['from']})")
@@ -223,8 +240,10 @@ def render_markdown(report: dict) -> str:
     cal = report["calibration"]
     q = report["quantization"]
     lines = [f"# trtq report: {job['name']}", ""]
-    lines += [f"Model `{report['model']['path']}` → target **{q['target']}**, calibrator "
-              f"**{cal['method']['method']}** on {cal['samples']} samples ({cal['seconds']:.1f} s).", ""]
+    how = (f"calibrator **{cal['method']['method']}** on {cal['samples']} samples ({cal['seconds']:.1f} s)"
+           if "prequantized" not in q else "**pre-quantized**: its own scales and int8 weights"
+           + (f", {cal['samples']} samples calibrate the tensors it has no scale for" if cal["samples"] else ""))
+    lines += [f"Model `{report['model']['path']}` → target **{q['target']}**, {how}.", ""]
     for w in report.get("warnings", []):
         lines += [f"> ⚠ **{w}**", ">"]
     if report.get("warnings"):

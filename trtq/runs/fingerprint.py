@@ -86,7 +86,7 @@ def _relevant_keys(job: Job) -> dict:
 
 
 def build_fingerprint(job: Job, cpu: dict) -> str | None:
-    cal = data_listing(job.calibration)
+    cal = data_listing(job.calibration) if job.calibration is not None else []  # none: a pre-quantized model
     if cal is None or not Path(job.model).is_file():
         return None
     keys = _relevant_keys(job)
