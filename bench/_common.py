@@ -36,6 +36,25 @@ def effnet_setup(images: Path, model_path: Path, batch: int, max_samples: int | 
     return spec, prepared.model, prepared.inputs, prepared.plan
 
 
+def machine_line() -> str:
+    """The machine and versions every result table names."""
+    import os
+    import platform
+
+    from trtq.runtime.onnxruntime import cpu_info
+
+    m = cpu_info()
+    return (f"Machine: {m['cpu']}, {os.cpu_count()} CPUs, AVX2 {m['avx2']}, VNNI {m['vnni']}; onnxruntime "
+            f"{m['onnxruntime']}, Python {platform.python_version()}.")
+
+
+def worst_sqnr(report: dict) -> float:
+    """The worst output's SQNR (INT8 against FP32) in a build's report."""
+    acc = report["int8"]["accuracy"]
+    by = acc.get("fidelity_by_output") or {"": acc["fidelity"]}
+    return min(f["sqnr_db"] for f in by.values())
+
+
 def publish(text: str, out: Path) -> None:
     """Print a result table and write it to ``out``."""
     print(text)

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from _common import ROOT, SHARED, missing_shared, publish
+from _common import ROOT, SHARED, machine_line, missing_shared, publish, worst_sqnr
 
 sys.path.insert(0, str(ROOT / "examples"))
 
@@ -43,12 +42,6 @@ def jobs(data: Path) -> list[tuple[str, Path, list[str]]]:
         ("silero-vad v6", real / "silero_vad.yaml", []),
         ("silero-vad op15", real / "silero_vad_op15.yaml", []),
     ]
-
-
-def worst_sqnr(report: dict) -> float:
-    acc = report["int8"]["accuracy"]
-    by = acc.get("fidelity_by_output") or {"": acc["fidelity"]}
-    return min(f["sqnr_db"] for f in by.values())
 
 
 def main() -> None:
@@ -79,13 +72,9 @@ def main() -> None:
         rows.append(f"| {name} | {found_s} | {widened} in {len(on['quantization']['equalized'])} tensors | "
                     f"{worst_sqnr(off):.1f} | {worst_sqnr(on):.1f} | {cells[False][1]:.1f} | {cells[True][1]:.1f} |")
         print(rows[-1], flush=True)
-    from trtq.runtime.onnxruntime import cpu_info
-
-    m = cpu_info()
     text = "\n".join([
         f"# Activation-channel equalization off / on — {time.strftime('%Y-%m-%d')}", "",
-        f"Machine: {m['cpu']}, {os.cpu_count()} CPUs, AVX2 {m['avx2']}, VNNI {m['vnni']}; onnxruntime "
-        f"{m['onnxruntime']}, Python {platform.python_version()}. `python bench/equalize.py`; one build each.",
+        f"{machine_line()} `python bench/equalize.py`; one build each.",
         "SQNR: the worst output, INT8 engine (ONNX Runtime) against FP32 on the evaluation data. Findings: "
         "tensors whose narrow channels cap the depthwise output's SQNR below 20 dB (estimated from 16 "
         "calibration samples), before → after equalization.", "",

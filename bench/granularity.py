@@ -14,14 +14,12 @@ granularity, and the layer outputs' SQNR in the INT8 model.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-from _common import ROOT, SHARED, missing_shared, publish
+from _common import ROOT, SHARED, machine_line, missing_shared, publish, worst_sqnr
 
 import trtq
 from trtq.evaluation.metrics import sqnr_db
@@ -60,12 +58,6 @@ def task_metric(report: dict, key: str) -> float:
     if key in report.get("custom_metric", {}):
         return report["custom_metric"][key]
     return report["int8"]["accuracy"][key]
-
-
-def worst_sqnr(report: dict) -> float:
-    acc = report["int8"]["accuracy"]
-    by = acc.get("fidelity_by_output") or {"": acc["fidelity"]}
-    return min(f["sqnr_db"] for f in by.values())
 
 
 def weight_sqnr(model_path: Path) -> dict[str, tuple[str, float, float]]:
@@ -142,13 +134,9 @@ def main() -> None:
         model = Path(job.model)
         layer_rows += per_layer_rows(name, model, reports)
         dw.append(f"- {name}: {depthwise_summary(model)}")
-    from trtq.runtime.onnxruntime import cpu_info
-
-    m = cpu_info()
     text = "\n".join([
         f"# Weight granularity: per-channel against per-tensor — {time.strftime('%Y-%m-%d')}", "",
-        f"Machine: {m['cpu']}, {os.cpu_count()} CPUs, AVX2 {m['avx2']}, VNNI {m['vnni']}; onnxruntime "
-        f"{m['onnxruntime']}, Python {platform.python_version()}. `python bench/granularity.py`; one build per "
+        f"{machine_line()} `python bench/granularity.py`; one build per "
         "granularity, ONNX Runtime INT8 engine, `quantization.weights` the only difference (activations and the "
         "calibration cache are the same). EfficientNet-Lite0: 100 ImageNet photos calibrate, the next 200 evaluate "
         "(percentile 99.99); OCR: the data `python examples/ocr_data.py data/ocr` renders, the configs' calibrators, "

@@ -16,8 +16,6 @@ ranges converted to symmetric (``quantization.convert_asymmetric``) — what tha
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -25,13 +23,13 @@ from pathlib import Path
 import numpy as np
 import onnx
 import yaml
-from _common import EFFNET, IMAGES, PREPROCESS, ROOT, missing_shared, publish
+from _common import EFFNET, IMAGES, PREPROCESS, ROOT, machine_line, missing_shared, publish
 from peers import _data, _measure, _ort_quantize
 
 from trtq.api import build, load_job
 from trtq.evaluation.metrics import sqnr_db
 from trtq.model.load import load_model
-from trtq.runtime.onnxruntime import Runner, cpu_info, session
+from trtq.runtime.onnxruntime import Runner, session
 
 CONFIGS = {"S8S8": "S8S8 symmetric (TensorRT-style)", "U8S8": "U8S8 MinMax"}
 
@@ -91,11 +89,9 @@ def main() -> None:
         trt_rows.append(f"| {short} | {'converted to symmetric int8' + growth if short == 'U8S8' else 'as it is'} | "
                         f"{sqnr_db(ref, as_is):.1f} | {sqnr_db(ref, logits):.1f} | {100 * top1:.2f} % |")
         print(trt_rows[-1], flush=True)
-    m = cpu_info()
     text = "\n".join([
         f"# Pre-quantized models: EfficientNet-Lite0 quantized by ONNX Runtime — {time.strftime('%Y-%m-%d')}", "",
-        f"Machine: {m['cpu']}, {os.cpu_count()} CPUs, AVX2 {m['avx2']}, VNNI {m['vnni']}; onnxruntime "
-        f"{m['onnxruntime']}, Python {platform.python_version()}. `flock /tmp/trtq-bench.lock python "
+        f"{machine_line()} `flock /tmp/trtq-bench.lock python "
         f"bench/prequantized.py`. ONNX Runtime's `quantize_static` (QDQ, per-channel int8 weights, MinMax) on the "
         f"first {args.calibration} photos of imagenet-sample-500; trtq builds the result with no calibration data. "
         f"Evaluated on photos 101–300 (FP32 top-1 {100 * fp32_top1:.2f} %); SQNR of the logits against the FP32 "

@@ -2,6 +2,8 @@
 Runtime's quantize_static (QDQ, U8S8 and S8S8), built without calibration data, their scales
 reproduced in the cache and their int8 weights kept."""
 
+import json
+
 import numpy as np
 import onnx
 import pytest
@@ -70,6 +72,10 @@ def test_prequantized_model_builds_without_calibration_data_its_scales_in_the_ca
             assert dtype == np.uint8
             assert cache.scales[tensor] == np.float32(max(zp * scale, (255 - zp) * scale) / 127), tensor
     assert pre["asymmetric_activations"] == (len(qparams) if kind == "u8s8" else 0)
+    ranges = json.loads((result.out_dir / "ranges.json").read_text())["tensors"]
+    # a Relu's output cannot be negative: its range starts at 0 (the ONNX Runtime flavour's uint8 then ends
+    # where the model's scale clips); the symmetric scale in the cache is the model's all the same
+    assert ranges["relu_out"]["min"] == 0.0 and np.float32(ranges["relu_out"]["scale"]) == cache.scales["relu_out"]
     kernels = result.report["engine"]["kernels"]
     assert kernels["int8_weighted"] >= 3  # the Gemms and the MatMul at least (tiny_model's Conv stays FP32 in ORT)
 
@@ -198,3 +204,13 @@ def test_tensorrt_problems_name_per_axis_activation_scales(tiny):
     onnx.save(model, tiny["dir"] / "per_axis.onnx")
     problems = tensorrt_problems(prepare(tiny["dir"] / "per_axis.onnx").prequantized, convert_asymmetric=True)
     assert problems == ["QuantizeLinear 'input_QuantizeLinear' ('input') has per-axis activation scales"]
+
+
+def test_qoperator_models_are_refused_in_one_line(tiny, run_cli):
+    fp32 = tiny["dir"] / "tiny.onnx"
+    onnx.save(tiny_model(), fp32)
+    out = tiny["dir"] / "tiny_qop.onnx"
+    quantize_static(str(fp32), str(out), _Reader(tiny["x"][:4]), quant_format=QuantFormat.QOperator,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    code, _, err = run_cli("build", write_job(tiny["dir"] / "job.yaml", _job(tiny, out)))
+    assert_clean_error(code, err, "QOperator format", "QuantFormat.QDQ", out_dir=tiny["dir"] / "out")

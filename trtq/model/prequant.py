@@ -157,15 +157,15 @@ def strip(model: onnx.ModelProto, path="model") -> tuple[onnx.ModelProto, PreQua
     """The FP32 graph of a pre-quantized ``model`` and what its Q/DQ held (``model`` is not changed)."""
     _check_format(model, path)
     s = _Stripper(model, path)
+    quantized = {n.output[0]: n for n in model.graph.node if n.op_type == "QuantizeLinear"}
     for node in model.graph.node:
         if node.op_type == "DequantizeLinear":
             s.dq(node)
-        elif node.op_type == "QuantizeLinear":
-            users = [n for n in model.graph.node if node.output[0] in n.input]
-            if any(u.op_type != "DequantizeLinear" for u in users):
-                other = next(u for u in users if u.op_type != "DequantizeLinear")
-                raise ModelError(f"{path}: QuantizeLinear '{node.name}' feeds {other.op_type} '{other.name}', not a "
-                                 "DequantizeLinear; trtq reads Q/DQ models in the QDQ format")
+            continue
+        q = next((quantized[i] for i in node.input if i in quantized), None)
+        if q is not None:  # QOperator-style or hand-made: a Q that does not end in a DQ
+            raise ModelError(f"{path}: QuantizeLinear '{q.name}' feeds {node.op_type} '{node.name}', not a "
+                             "DequantizeLinear; trtq reads Q/DQ models in the QDQ format")
     fp32 = onnx.ModelProto()
     fp32.CopyFrom(model)
     g = fp32.graph
@@ -235,6 +235,23 @@ def restrict_plan(plan: QuantPlan, weights: set[str], ranges: set[str] | None = 
     adds = [a for a in plan.adds if have(a.skip) and have(a.main)]
     pools = [(n, t) for n, t in plan.pools if have(t)]
     return replace(plan, nodes=nodes, excluded=excluded, adds=adds, pools=pools)
+
+
+def non_negative(model: onnx.ModelProto) -> set[str]:
+    """Tensors no value of which is negative: outputs of Relu, Sigmoid, … and of a Clip whose
+    minimum is a constant ≥ 0 (ReLU6)."""
+    inits = {i.name: i for i in model.graph.initializer}
+    out = set()
+    for node in model.graph.node:
+        if node.op_type in NON_NEGATIVE:
+            out.add(node.output[0])
+        elif node.op_type == "Clip":
+            lo = node.input[1] if len(node.input) > 1 else ""
+            attr = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "min"), None)
+            value = float(numpy_helper.to_array(inits[lo])) if lo in inits else attr
+            if value is not None and value >= 0:
+                out.add(node.output[0])
+    return out
 
 
 def carry_ranges(model: onnx.ModelProto, activations: dict[str, ActivationQuant]) -> dict[str, ActivationQuant]:

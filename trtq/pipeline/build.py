@@ -74,7 +74,7 @@ def _tensorrt_here(job: Job) -> tuple[str | None, str | None]:
 
 def _tensorrt_engine(job: Job, prepared: PreparedModel, cal: Calibration, stage: Path, excluded: list[str],
                      progress: Progress, why_not: str | None) -> dict:
-    batch_sizes = [b for _, b in job.batch_sizes()]
+    batch_sizes = [b for _, b in job.batch_sizes()] or [1]  # a pre-quantized model may come without data
     if why_not is not None:
         engine = trt_engine.not_built(job.tensorrt, prepared.inputs, batch_sizes, job.model, job.build_command,
                                       why_not)

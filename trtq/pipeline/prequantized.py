@@ -18,7 +18,7 @@ from ..calib.ranges import Range
 from ..errors import JobError, ModelError
 from ..job import Job
 from ..model.prepare import PreparedModel
-from ..model.prequant import PreQuantized, carry_ranges, restrict_plan, symmetric_scale, tensorrt_problems
+from ..model.prequant import PreQuantized, carry_ranges, non_negative, restrict_plan, symmetric_scale, tensorrt_problems
 from ..progress import Progress
 from ..quant.weights import FixedWeight
 
@@ -50,12 +50,14 @@ def check_target(job: Job, prepared: PreparedModel) -> None:
 
 def model_ranges(model, pq: PreQuantized) -> dict[str, Range]:
     """A :class:`Range` per tensor the model quantizes per tensor (and the tensors that only move
-    its values, which share its scale)."""
-    out = {}
+    its values, which share its scale). A symmetric range on a tensor that cannot be negative (a
+    ReLU6 output) starts at 0: the ONNX Runtime flavour's uint8 range then ends where the model's
+    clips, and ONNX Runtime can fold the Clip into the convolution before it."""
+    out, positive = {}, non_negative(model)
     for tensor, a in carry_ranges(model, pq.activations).items():
         if not a.per_axis:
-            out[tensor] = Range.from_quantization(float(a.scale.reshape(-1)[0]), int(a.zero_point.reshape(-1)[0]),
-                                                  *a.qrange)
+            r = Range.from_quantization(float(a.scale.reshape(-1)[0]), int(a.zero_point.reshape(-1)[0]), *a.qrange)
+            out[tensor] = Range(r.amax, 0.0, r.max) if tensor in positive and r.min < 0 else r
     return out
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -14,12 +15,14 @@ from ..calib.ranges import Range
 from ..errors import JobError
 from ..job import Job
 from ..model.prepare import prepare
+from ..model.prequant import restrict_plan
 from ..progress import Progress
 from ..quant.qdq import insert_qdq
 from ..quant.weights import QMAX_BY_BITS
 from ..report.assemble import add_evaluation
 from ..report.writer import write_report
 from .build import BuildResult, evaluate_build
+from .prequantized import fixed_weights
 
 
 def _ort_qdq(prepared, folder: Path, report: dict, ranges_doc: dict) -> onnx.ModelProto:
@@ -31,8 +34,9 @@ def _ort_qdq(prepared, folder: Path, report: dict, ranges_doc: dict) -> onnx.Mod
     if (folder / MEANS).is_file():
         with np.load(folder / MEANS) as z:
             means = {k: z[k] for k in z.files}
+    fixed = fixed_weights(prepared.prequantized) if prepared.prequantized is not None else None
     return insert_qdq(prepared.model, prepared.plan, ranges, "onnxruntime", qmax,
-                      report["quantization"].get("weight_method", "max"), means,
+                      report["quantization"].get("weight_method", "max"), means, fixed_weights=fixed,
                       weight_granularity=report["quantization"].get("weights", "per_channel"))
 
 
@@ -51,6 +55,9 @@ def reevaluate(job: Job, out_root: Path | None = None, progress: Progress | None
     if (folder / EQUALIZATION).is_file():  # the build equalized the model: evaluate that model
         with np.load(folder / EQUALIZATION) as z:
             prepared = with_scales(prepared, {k: z[k] for k in z.files}, q.exclude_ops, q.exclude_nodes)
+    if prepared.prequantized is not None:  # the plan the build re-placed: the model's weights, where ranges exist
+        prepared = replace(prepared, plan=restrict_plan(prepared.plan, set(prepared.prequantized.weights),
+                                                        set(ranges_doc["tensors"])))
     if ranges_doc["model_sha256"] != prepared.sha256:
         raise JobError(f"{job.model}: the model changed since {folder} was built; rebuild with 'trtq build'")
     engine = report["engine"]
