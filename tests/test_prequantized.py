@@ -126,6 +126,9 @@ def test_tensorrt_target_keeps_the_model_as_it_is(tiny):
     b = Runner(session(qdq, optimize=False))({"input": x})[0]
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     assert result.report["quantization"]["prequantized"]["asymmetric_activations"] == 0
+    size = result.report["size"]  # the model's int8 weights (198 values, 20 channels' scale + zero point)
+    assert size["weights"] == {"fp32_bytes": 4 * 198, "int8_bytes": 198 + 5 * 20, "ratio": 792 / 298}
+    assert size["fp32_model_bytes"] == prepare(path).model.ByteSize()  # its FP32 graph: not a file
 
 
 def test_asymmetric_model_for_tensorrt_is_refused_in_one_line(tiny, run_cli):
@@ -147,7 +150,10 @@ def test_converting_asymmetric_ranges_keeps_the_zero_clip(tiny):
     for n in qdq.graph.node:
         if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 2:
             assert inits[n.input[2]].dtype == np.int8 and not inits[n.input[2]].any(), n.name
-    assert any(n.op_type == "Relu" and n.name == "relu_out_QuantizeLinear_zero_clip" for n in qdq.graph.node)
+    # the Relu the quantizer dropped is back, named as in the FP32 graph (the Conv writes 'relu_out_before_zero_clip')
+    relu = next(n for n in qdq.graph.node if n.op_type == "Relu")
+    assert list(relu.input) == ["relu_out_before_zero_clip"] and list(relu.output) == ["relu_out"]
+    assert [n.op_type for n in prepare(path).model.graph.node if "relu_out" in n.output] == ["Relu"]
     pre = result.report["quantization"]["prequantized"]
     assert pre["converted_to_symmetric"] and 1 <= pre["step_growth"][0] <= pre["step_growth"][1] <= 2.01
     x = tiny["x"]

@@ -310,12 +310,11 @@ def tensorrt_form(pq: PreQuantized, convert_asymmetric: bool) -> onnx.ModelProto
             new.setdefault(s_name, numpy_helper.from_array(np.array(symmetric_scale(a), np.float32), s_name))
             new.setdefault(z_name, numpy_helper.from_array(np.zeros((), np.int8), z_name))
             node.input[1], node.input[2] = s_name, z_name
-            src = producer.get(node.input[0])
-            if node is q and _clips_zero(a) and (src is None or src.op_type not in NON_NEGATIVE):
-                # the affine range clipped negatives (a Relu the quantizer dropped); symmetric int8 does not
-                nodes.append(helper.make_node("Relu", [node.input[0]], [f"{q.name}_zero_clip"], name=f"{q.name}_zero_clip"))
-                node.input[0] = nodes[-1].output[0]
         nodes.append(node)
+    if convert_asymmetric:  # an affine range that clipped negatives (a Relu the quantizer dropped): symmetric
+        # int8 does not, so a Relu keeps the clip — named as in the FP32 graph (see _keep_zero_clip)
+        nodes = _keep_zero_clip(nodes, {q.input[0]: by_q[q.name] for q in g.node if q.name in by_q
+                                        and q.op_type == "QuantizeLinear"})
     del g.node[:]
     g.node.extend(nodes)
     used = {i for n in g.node for i in n.input}

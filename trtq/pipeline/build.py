@@ -109,6 +109,19 @@ def _ort_engine(job: Job, prepared: PreparedModel, cal: Calibration, means, stag
             "optimized_for": cpu}, qdq
 
 
+def _tensorrt_qdq(job: Job, prepared: PreparedModel, cal: Calibration, means, excluded: list[str]
+                  ) -> tuple[onnx.ModelProto, bool]:
+    """``model.int8.onnx`` and whether its kept layers are FP16: a pre-quantized model's own Q/DQ
+    as TensorRT takes it, else trtq's TensorRT placement."""
+    q = job.quantization
+    if prepared.prequantized is not None:
+        return tensorrt_form(prepared.prequantized, q.convert_asymmetric), False
+    qdq = insert_qdq(prepared.model, prepared.plan, cal.ranges, "tensorrt", weight_method=q.weight_method,
+                     input_means=means, weight_granularity=q.weights)
+    fp16 = q.target == "tensorrt" and q.keep_precision == "fp16" and bool(excluded)
+    return (cast_nodes_fp16(qdq, excluded) if fp16 else qdq), fp16
+
+
 def evaluate_build(job: Job, prepared: PreparedModel, folder: Path, engine: dict, qdq: onnx.ModelProto,
                    progress: Progress) -> Evaluation:
     """Evaluate the engine in ``folder`` (``qdq``: the Q/DQ model the per-layer analysis runs)."""
@@ -181,14 +194,7 @@ def build(job: Job, out_root: Path | None = None, progress: Progress | None = No
             arrays = dict(sorted(means.items()))  # same bytes whether collected or reused
             write_atomic(stage / MEANS, lambda tmp: np.savez(tmp, **arrays))
         excluded = [node for node, _ in prepared.plan.excluded]
-        fp16 = q.target == "tensorrt" and q.keep_precision == "fp16" and bool(excluded) and pre is None
-        if pre is not None:
-            trt_qdq = tensorrt_form(prepared.prequantized, q.convert_asymmetric)
-        else:
-            trt_qdq = insert_qdq(prepared.model, prepared.plan, cal.ranges, "tensorrt", weight_method=q.weight_method,
-                                 input_means=means, weight_granularity=q.weights)
-        if fp16:
-            trt_qdq = cast_nodes_fp16(trt_qdq, excluded)
+        trt_qdq, fp16 = _tensorrt_qdq(job, prepared, cal, means, excluded)
         write_atomic(stage / QDQ_MODEL, lambda tmp: onnx.save(trt_qdq, str(tmp)))
         if q.target == "tensorrt":
             engine, eval_qdq = _tensorrt_engine(job, prepared, cal, stage, excluded, progress, why_not), trt_qdq
@@ -204,7 +210,7 @@ def build(job: Job, out_root: Path | None = None, progress: Progress | None = No
                         "narrow_channels": narrow}
         if pre is not None:
             quantization["prequantized"] = pre
-        size = model_size(prepared.path, prepared.model, stage / QDQ_MODEL, trt_qdq,
+        size = model_size(prepared.path if pre is None else None, prepared.model, stage / QDQ_MODEL, trt_qdq,
                           stage / engine["path"] if engine.get("path") else None)
         report = build_report(job, prepared, cal.info, quantization, engine, cpu, size)
         if job.evaluation is not None:

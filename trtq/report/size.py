@@ -65,14 +65,16 @@ def _file_bytes(path: Path | None) -> int | None:
     return path.stat().st_size if path is not None and path.is_file() else None
 
 
-def model_size(fp32_path: Path, fp32: onnx.ModelProto, int8_path: Path, int8: onnx.ModelProto,
+def model_size(fp32_path: Path | None, fp32: onnx.ModelProto, int8_path: Path, int8: onnx.ModelProto,
                engine_path: Path | None) -> dict:
-    """The report's ``size`` section."""
+    """The report's ``size`` section. ``fp32_path`` None: the FP32 model is not a file (a
+    pre-quantized model's FP32 graph), its serialized size is given."""
     a, b = initializer_bytes(fp32), initializer_bytes(int8)
     w32 = a["float_weights"]
     w8 = b["int8_weights"] + b["weight_scales"] + b["float_weights"]
     total32, total8 = sum(a.values()), sum(b.values())
-    doc = {"fp32_model_bytes": _file_bytes(fp32_path), "int8_model_bytes": _file_bytes(int8_path),
+    fp32_bytes = _file_bytes(fp32_path) if fp32_path is not None else fp32.ByteSize()
+    doc = {"fp32_model_bytes": fp32_bytes, "int8_model_bytes": _file_bytes(int8_path),
            "engine_bytes": _file_bytes(engine_path),
            "weights": {"fp32_bytes": w32, "int8_bytes": w8, "ratio": w32 / w8 if w8 else None},
            "initializers": {"fp32": a, "int8": b, "ratio": total32 / total8 if total8 else None}}

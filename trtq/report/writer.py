@@ -80,7 +80,9 @@ def headline_rows(report: dict) -> list[tuple[str, str, str, str]]:
 
 
 def _smaller(a, b) -> str:
-    return f"{a / b:.2f}× smaller" if a and b else ""
+    if not a or not b:
+        return ""
+    return f"{a / b:.2f}× smaller" if a >= b else f"{b / a:.2f}× larger"
 
 
 def size_rows(report: dict) -> list[tuple[str, str, str, str]]:

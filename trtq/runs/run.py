@@ -191,6 +191,8 @@ def _row(it: Item) -> dict:
         rep = {}
     acc32 = rep.get("fp32", {}).get("accuracy", {})
     acc8 = rep.get("int8", {}).get("accuracy", {})
+    if "prequantized" in rep.get("quantization", {}):  # the model's own scales, not the calibrator's
+        row["method"] = "pre-quantized"
     row.update({
         "fp32_top1": acc32.get("top1"), "int8_top1": acc8.get("top1"),
         "agreement": acc8.get("top1_agreement"),
