@@ -220,3 +220,43 @@ def test_qoperator_models_are_refused_in_one_line(tiny, run_cli):
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
     code, _, err = run_cli("build", write_job(tiny["dir"] / "job.yaml", _job(tiny, out)))
     assert_clean_error(code, err, "QOperator format", "QuantFormat.QDQ", out_dir=tiny["dir"] / "out")
+
+
+def _fake_quantized_weights(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The form pytorch-quantization and ModelOpt export: FP32 weights behind Q→DQ, not int8 ones behind a DQ."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    inits = {i.name: i for i in out.graph.initializer}
+    nodes = []
+    for n in out.graph.node:
+        src = inits.get(n.input[0]) if n.op_type == "DequantizeLinear" else None
+        if src is not None and src.data_type == onnx.TensorProto.INT8:
+            q, s = numpy_helper.to_array(src), numpy_helper.to_array(inits[n.input[1]])
+            shape = [1] * q.ndim
+            shape[next(a.i for a in n.attribute if a.name == "axis")] = -1
+            src.CopyFrom(numpy_helper.from_array((q * s.reshape(shape)).astype(np.float32), src.name))
+            nodes.append(onnx.helper.make_node("QuantizeLinear", list(n.input), [f"{src.name}_q"], name=f"{src.name}_Q",
+                                               axis=shape.index(-1)))
+            n.input[0] = f"{src.name}_q"
+        nodes.append(n)
+    del out.graph.node[:]
+    out.graph.node.extend(nodes)
+    onnx.checker.check_model(out)
+    return out
+
+
+def test_fp32_weights_behind_q_dq_are_kept_as_the_int8_values_they_round_to(tiny):
+    path = make_prequantized(tiny["dir"], "s8s8")
+    source = onnx.load(str(path))
+    fake = tiny["dir"] / "fake.onnx"
+    onnx.save(_fake_quantized_weights(source), fake)
+    int8 = {i.name: numpy_helper.to_array(i) for i in source.graph.initializer}
+    weights = prepare(fake).prequantized.weights
+    assert len(weights) == 5
+    for name, (q, scale, _) in weights.items():
+        base = name.removesuffix("_DequantizeLinear_Output")
+        np.testing.assert_array_equal(q, int8[f"{base}_quantized"])
+        np.testing.assert_array_equal(scale, int8[f"{base}_scale"])
+    a = build(load_job(write_job(tiny["dir"] / "job.yaml", _job(tiny, path))))
+    b = build(load_job(write_job(tiny["dir"] / "job.yaml", {**_job(tiny, fake), "name": "fake"})))
+    assert (a.out_dir / "calibration.cache").read_bytes() == (b.out_dir / "calibration.cache").read_bytes()
