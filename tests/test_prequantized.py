@@ -260,3 +260,11 @@ def test_fp32_weights_behind_q_dq_are_kept_as_the_int8_values_they_round_to(tiny
     a = build(load_job(write_job(tiny["dir"] / "job.yaml", _job(tiny, path))))
     b = build(load_job(write_job(tiny["dir"] / "job.yaml", {**_job(tiny, fake), "name": "fake"})))
     assert (a.out_dir / "calibration.cache").read_bytes() == (b.out_dir / "calibration.cache").read_bytes()
+
+
+def test_inspect_says_a_model_is_prequantized(tiny, run_cli):
+    path = make_prequantized(tiny["dir"], "u8s8")
+    code, out, _ = run_cli("inspect", path, "--json")
+    assert code == 0 and json.loads(out)["prequantized"] == {"activations": 8, "int8_weights": 5, "asymmetric": 8}
+    code, out, _ = run_cli("inspect", tiny["dir"] / "tiny.onnx", "--json")
+    assert json.loads(out)["prequantized"] is None

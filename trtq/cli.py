@@ -139,6 +139,11 @@ def _cmd_inspect(args) -> int:
         out.print(f"input  {spec.name}: {spec.dtype} {['?' if d is None else d for d in spec.shape]}")
     for name in prepared.outputs:
         out.print(f"output {name}")
+    pre = prepared.prequantized
+    if pre is not None:
+        asym = sum(not a.symmetric_int8 for a in pre.activations.values())
+        out.print(f"pre-quantized: {len(pre.activations)} activation Q/DQ ({asym} asymmetric), {len(pre.weights)} "
+                  "int8 weights — built with these scales and weights, calibration optional")
     table = Table(title=f"{len(plan.nodes)} weighted ops trtq quantizes")
     for col in ("node", "op", "activation", "weight", "axis"):
         table.add_column(col, overflow="fold")  # whole names, to paste into exclude_nodes
@@ -161,7 +166,10 @@ def _inspect_doc(prepared) -> dict:
             "quantized": [{"node": q.node, "op": q.op_type, "activation": q.activation, "weight": q.weight,
                            "axis": q.axis} for q in plan.nodes],
             "not_quantized": [{"node": n, "reason": why} for n, why in plan.excluded],
-            "in_subgraphs": plan.in_subgraphs}
+            "in_subgraphs": plan.in_subgraphs,
+            "prequantized": None if prepared.prequantized is None else {
+                "activations": len(prepared.prequantized.activations), "int8_weights": len(prepared.prequantized.weights),
+                "asymmetric": sum(not a.symmetric_int8 for a in prepared.prequantized.activations.values())}}
 
 
 def _cmd_cache(args) -> int:
