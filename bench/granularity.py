@@ -30,7 +30,14 @@ LIGHT = ["evaluation.latency.iterations=1", "evaluation.latency.warmup=0", "eval
 METRICS = ROOT / "bench" / "ocr_metrics.py"
 
 
-def jobs() -> list[tuple[str, Path, list[str], str]]:
+def _profile(shape: str, batch: int) -> list[str]:
+    """TensorRT shape profile of the PP-OCR input 'x' (dynamic height and width) at the data's shape."""
+    return [f"tensorrt.profiles.x.min=[1,{shape}]", f"tensorrt.profiles.x.opt=[{batch},{shape}]",
+            f"tensorrt.profiles.x.max=[{batch},{shape}]"]
+
+
+def jobs() -> list[tuple[str, Path, list[str], str, list[str]]]:
+    """(name, job file, --set overrides, task metric key, overrides for the TensorRT target)."""
     real = ROOT / "configs" / "real"
 
     def ocr(d: str, skip: int) -> list[str]:
@@ -40,13 +47,14 @@ def jobs() -> list[tuple[str, Path, list[str], str]]:
         ("EfficientNet-Lite0", ROOT / "configs" / "efficientnet_lite0.yaml",
          [f"model={SHARED / 'models' / 'efficientnet_lite0.onnx'}", f"calibration.path={IMAGES}",
           "calibration.max_samples=100", f"evaluation.path={IMAGES}", "evaluation.skip=100",
-          "evaluation.max_samples=200", "evaluation.per_layer_samples=8"], "top1"),
+          "evaluation.max_samples=200", "evaluation.per_layer_samples=8"], "top1", []),
         ("PP-OCRv4 det", real / "ppocr_det.yaml", ocr("pages", 8) + [f"evaluation.metric={METRICS}:det_mask_iou"],
-         "mask_iou"),
+         "mask_iou", _profile("3,480,640", 4)),
         ("PP-OCRv4 rec", real / "ppocr_rec.yaml",
-         ocr("lines", 32) + [f"evaluation.metric={METRICS}:rec_strings_identical"], "strings_identical"),
+         ocr("lines", 32) + [f"evaluation.metric={METRICS}:rec_strings_identical"], "strings_identical",
+         _profile("3,48,320", 8)),
         ("PP-OCR cls", real / "ppocr_cls.yaml", ocr("direction", 32) + ["evaluation.per_layer_samples=8"],
-         "top1_agreement"),
+         "top1_agreement", _profile("3,48,192", 8)),
     ]
 
 
@@ -120,15 +128,21 @@ def main() -> None:
         return
     tmp = Path(tempfile.mkdtemp(prefix="trtq-granularity-"))
     rows, layer_rows, dw = [], [], []
-    for name, path, sets, metric in jobs():
-        reports = {}
+    for name, path, sets, metric, trt_sets in jobs():
+        reports, trt = {}, {}
         for g in ("per_channel", "per_tensor"):
             job = trtq.load_job(path, sets + LIGHT + [f"quantization.weights={g}"])
             reports[g] = trtq.build(job, out=tmp / g).report
+            # the TensorRT flavour's Q/DQ model, run unfused in ONNX Runtime (no TensorRT here)
+            trt_job = trtq.load_job(path, sets + LIGHT + trt_sets + [f"quantization.weights={g}",
+                                                                     "quantization.target=tensorrt",
+                                                                     "evaluation.per_layer_samples=0"])
+            trt[g] = trtq.build(trt_job, out=tmp / f"trt-{g}").report
         pc, pt = reports["per_channel"], reports["per_tensor"]
         fp32 = f"{100 * pc['fp32']['accuracy']['top1']:.2f} %" if metric == "top1" else "—"
         rows.append(f"| {name} | {METRIC_NAMES[metric]} | {fp32} | {100 * task_metric(pc, metric):.2f} % | "
                     f"{100 * task_metric(pt, metric):.2f} % | {worst_sqnr(pc):.1f} | {worst_sqnr(pt):.1f} | "
+                    f"{worst_sqnr(trt['per_channel']):.1f} | {worst_sqnr(trt['per_tensor']):.1f} | "
                     f"{pc['int8']['accuracy']['samples']} |")
         print(rows[-1], flush=True)
         model = Path(job.model)
@@ -142,8 +156,11 @@ def main() -> None:
         "(percentile 99.99); OCR: the data `python examples/ocr_data.py data/ocr` renders, the configs' calibrators, "
         "evaluation on the samples after the calibration ones. SQNR: the worst output, INT8 engine against FP32.", "",
         "| model | task metric | FP32 | INT8 per-channel | INT8 per-tensor | SQNR dB per-channel | "
-        "SQNR dB per-tensor | samples |",
-        "|---|---|---|---|---|---|---|---|", *rows, "",
+        "SQNR dB per-tensor | TensorRT Q/DQ SQNR dB per-channel | TensorRT Q/DQ SQNR dB per-tensor | samples |",
+        "|---|---|---|---|---|---|---|---|---|---|", *rows, "",
+        "TensorRT Q/DQ: `model.int8.onnx` of the same job with `quantization.target: tensorrt` (symmetric int8 "
+        "activations, FP32 bias), run unfused in ONNX Runtime — the arithmetic a TensorRT engine implements; no "
+        "TensorRT engine was built.", "",
         "## Where per-tensor breaks", "",
         "Weight SQNR: quantize→dequantize of the weight alone against its FP32 values, per granularity; by kind of "
         "layer, the median change per-tensor − per-channel and the layer whose weights per-tensor quantizes worst:", "", *dw, "",

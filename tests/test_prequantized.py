@@ -82,7 +82,8 @@ def test_prequantized_model_builds_without_calibration_data_its_scales_in_the_ca
 
 def test_stripped_graph_is_the_fp32_model_with_the_dequantized_weights(tiny):
     """The FP32 graph trtq works on computes the original model with the int8 weights (and int32
-    biases) dequantized — including the Relu ONNX Runtime's quantizer drops in front of a uint8 pair."""
+    biases) dequantized; where ONNX Runtime's quantizer dropped the Relu in front of a uint8 pair,
+    a Clip to that pair's range [0, (255 − zp)·s] stands in for it (what the quantized model computes)."""
     path = make_prequantized(tiny["dir"], "u8s8")
     source = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(path)).graph.initializer}
     expected = tiny_model()
@@ -95,8 +96,17 @@ def test_stripped_graph_is_the_fp32_model_with_the_dequantized_weights(tiny):
         shape = [1] * q.ndim
         shape[axis] = -1
         init.CopyFrom(numpy_helper.from_array((q * scale.reshape(shape)).astype(np.float32), base))
+    model = onnx.load(str(path))
+    s, zp = float(source["relu_out_scale"]), int(source["relu_out_zero_point"])
+    assert "Relu" not in [n.op_type for n in model.graph.node] and zp == 0
+    relu = next(n for n in expected.graph.node if n.op_type == "Relu")
+    relu.op_type = "Clip"
+    relu.input.extend(["clip_lo", "clip_hi"])
+    expected.graph.initializer.extend([numpy_helper.from_array(np.float32(0), "clip_lo"),
+                                       numpy_helper.from_array(np.float32((255 - zp) * s), "clip_hi")])
     prepared = prepare(path)
-    assert [n.op_type for n in prepared.model.graph.node].count("Relu") == 1
+    clips = [n for n in prepared.model.graph.node if n.op_type == "Clip"]
+    assert len(clips) == 1 and list(clips[0].output) == ["relu_out"]
     x = tiny["x"]
     want = Runner(session(expected))({"input": x})[0]
     got = Runner(session(prepared.model))({"input": x})[0]
@@ -139,9 +149,9 @@ def test_asymmetric_model_for_tensorrt_is_refused_in_one_line(tiny, run_cli):
                        "uint8 activations with zero point", "convert_asymmetric: true", out_dir=tiny["dir"] / "out")
 
 
-def test_converting_asymmetric_ranges_keeps_the_zero_clip(tiny):
+def test_converting_asymmetric_ranges_keeps_the_clip(tiny):
     """convert_asymmetric: every activation symmetric int8 (zero point 0) for TensorRT; where the
-    uint8 range started at 0 (a Relu the quantizer dropped) a Relu keeps the clip, and the output
+    uint8 range started at 0 (a Relu the quantizer dropped) a Clip keeps it, and the output
     stays close to the uint8 model's."""
     path = make_prequantized(tiny["dir"], "u8s8")
     result = build(load_job(write_job(tiny["dir"] / "job.yaml", _job(tiny, path, "tensorrt", convert_asymmetric=True))))
@@ -150,10 +160,10 @@ def test_converting_asymmetric_ranges_keeps_the_zero_clip(tiny):
     for n in qdq.graph.node:
         if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 2:
             assert inits[n.input[2]].dtype == np.int8 and not inits[n.input[2]].any(), n.name
-    # the Relu the quantizer dropped is back, named as in the FP32 graph (the Conv writes 'relu_out_before_zero_clip')
-    relu = next(n for n in qdq.graph.node if n.op_type == "Relu")
-    assert list(relu.input) == ["relu_out_before_zero_clip"] and list(relu.output) == ["relu_out"]
-    assert [n.op_type for n in prepare(path).model.graph.node if "relu_out" in n.output] == ["Relu"]
+    # the Relu the quantizer dropped is back as a Clip to the uint8 range, named as in the FP32 graph
+    clip = next(n for n in qdq.graph.node if n.op_type == "Clip")
+    assert list(clip.input)[0] == "relu_out_before_clip" and list(clip.output) == ["relu_out"]
+    assert [n.op_type for n in prepare(path).model.graph.node if "relu_out" in n.output] == ["Clip"]
     pre = result.report["quantization"]["prequantized"]
     assert pre["converted_to_symmetric"] and 1 <= pre["step_growth"][0] <= pre["step_growth"][1] <= 2.01
     x = tiny["x"]

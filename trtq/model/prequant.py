@@ -5,7 +5,8 @@ ModelOpt, ONNX Runtime's ``quantize_static``, pytorch-quantization) is read, not
 activation removed (its scale and zero point kept in :class:`ActivationQuant`), every DQ of a
 constant (int8 weights, int32 biases, FP32 weights behind Q→DQ) replaced by the FP32 values it
 computes, the int8 weights kept exactly (:class:`PreQuantized` ``weights``). The FP32 graph
-computes what the pre-quantized model computes without activation quantization.
+computes what the pre-quantized model computes without activation rounding (a Clip stands in
+for a Relu/ReLU6 the quantizer folded into a uint8 pair).
 
 :func:`tensorrt_form` is the model as TensorRT takes it: its own placement and scales, int32
 bias DQs folded into FP32 constants (exact), and — only when asked — asymmetric activations
@@ -186,13 +187,13 @@ def strip(model: onnx.ModelProto, path="model") -> tuple[onnx.ModelProto, PreQua
         if out in outputs:
             nodes.append(helper.make_node("Identity", [src], [out], name=f"{out}_Identity"))
     acts = {renamed.get(t, t): a for t, a in s.activations.items()}
-    nodes = _keep_zero_clip(nodes, acts)
+    nodes, bounds = _keep_clip(nodes, acts)
     del g.node[:]
     g.node.extend(nodes)
     used = {i for n in g.node for i in n.input}
     keep = [i for i in g.initializer if i.name in used]
     del g.initializer[:]
-    g.initializer.extend(keep + [t for t in s.folded if t.name in used or t.name in outputs])
+    g.initializer.extend(keep + [t for t in s.folded if t.name in used or t.name in outputs] + bounds)
     del g.value_info[:]
     return fp32, PreQuantized(model, acts, s.weights, s.asymmetric, renamed)
 
@@ -202,21 +203,28 @@ def _clips_zero(a: ActivationQuant) -> bool:
     return not a.per_axis and int(a.zero_point.reshape(-1)[0]) == a.qrange[0]
 
 
-def _keep_zero_clip(nodes: list[onnx.NodeProto], acts: dict[str, ActivationQuant]) -> list[onnx.NodeProto]:
-    """A Q/DQ whose range starts at 0 clips negatives: quantizers drop the Relu in front of such a
-    pair (ONNX Runtime's does, for uint8). Where the tensor's producer is not already non-negative,
-    a Relu keeps that clip in the FP32 graph, so it computes what the quantized model computes."""
-    out = []
+def _keep_clip(nodes: list[onnx.NodeProto], acts: dict[str, ActivationQuant]
+               ) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+    """A Q/DQ whose range starts at 0 clips to ``[0, (qmax − zp)·s]``: quantizers drop the Relu or
+    ReLU6 in front of such a pair (ONNX Runtime's does, for uint8 — all 33 Clips of EfficientNet-
+    Lite0). Where the tensor's producer is not already non-negative, a Clip to that range keeps it
+    in the graph (the producer writes ``<tensor>_before_clip``), so the graph computes what the
+    quantized model computes without rounding. Returns the nodes and the Clip bounds."""
+    out, bounds = [], []
     for node in nodes:
         out.append(node)
-        if node.op_type in NON_NEGATIVE:
+        if node.op_type in NON_NEGATIVE or node.op_type == "Clip":
             continue
         for i, t in enumerate(node.output):
             a = acts.get(t)
             if a is not None and _clips_zero(a):
-                node.output[i] = f"{t}_before_zero_clip"
-                out.append(helper.make_node("Relu", [node.output[i]], [t], name=f"{t}_zero_clip"))
-    return out
+                hi = np.float32((a.qrange[1] - int(a.zero_point.reshape(-1)[0])) * float(a.scale.reshape(-1)[0]))
+                lo_name, hi_name = f"{t}_clip_min", f"{t}_clip_max"
+                bounds += [numpy_helper.from_array(np.zeros((), np.float32), lo_name),
+                           numpy_helper.from_array(np.array(hi, np.float32), hi_name)]
+                node.output[i] = f"{t}_before_clip"
+                out.append(helper.make_node("Clip", [node.output[i], lo_name, hi_name], [t], name=f"{t}_clip"))
+    return out, bounds
 
 
 def restrict_plan(plan: QuantPlan, weights: set[str], ranges: set[str] | None = None) -> QuantPlan:
@@ -312,9 +320,10 @@ def tensorrt_form(pq: PreQuantized, convert_asymmetric: bool) -> onnx.ModelProto
             node.input[1], node.input[2] = s_name, z_name
         nodes.append(node)
     if convert_asymmetric:  # an affine range that clipped negatives (a Relu the quantizer dropped): symmetric
-        # int8 does not, so a Relu keeps the clip — named as in the FP32 graph (see _keep_zero_clip)
-        nodes = _keep_zero_clip(nodes, {q.input[0]: by_q[q.name] for q in g.node if q.name in by_q
-                                        and q.op_type == "QuantizeLinear"})
+        # int8 does not, so a Clip keeps it — named as in the FP32 graph (see _keep_clip)
+        nodes, bounds = _keep_clip(nodes, {q.input[0]: by_q[q.name] for q in g.node if q.name in by_q
+                                           and q.op_type == "QuantizeLinear"})
+        new.update({b.name: b for b in bounds})
     del g.node[:]
     g.node.extend(nodes)
     used = {i for n in g.node for i in n.input}
