@@ -105,7 +105,7 @@ def main() -> None:
         "`model.int8.onnx` of `quantization.target: tensorrt` (the model's own placement; int32 bias DQs folded to "
         "FP32), run unfused in ONNX Runtime (the arithmetic a TensorRT engine implements; no TensorRT here). The U8S8 "
         "model needs `quantization.convert_asymmetric: true`: each uint8 range becomes the symmetric int8 range "
-        "covering it (a Relu keeps the clip at 0 where the range started there).", "",
+        "covering it (a Clip keeps the range where it started at 0: the quantizer had dropped the ReLU6 there).", "",
         "| quantizer's model | for TensorRT | SQNR dB, model as given (unfused) | SQNR dB, model.int8.onnx | top-1 |",
         "|---|---|---|---|---|", *trt_rows, "",
         "## The weights alone", "",
