@@ -8,16 +8,21 @@ import numpy as np
 import pytest
 
 from trtq.calib.methods import MSE, Entropy, MinMax, Percentile, kl_threshold, make_method, mse_threshold, rebin
-from trtq.calib.stats import TensorStats
+from trtq.calib.stats import ExactHistogram, TensorStats
 from trtq.errors import JobError
 from trtq.job import CalibratorSpec
 from trtq.quant.weights import per_channel_amax, per_channel_amax_mse
 
 
-def _stats(x) -> TensorStats:
+def _stats(x, parts: int = 7) -> TensorStats:
+    """Two passes, as calibration makes them: the statistics, then the exact histogram."""
     s = TensorStats()
-    for chunk in np.array_split(np.asarray(x, np.float32), 7):
+    for chunk in np.array_split(np.asarray(x, np.float32), parts):
         s.update(chunk)
+    exact = ExactHistogram(s.absmax)
+    for chunk in np.array_split(np.asarray(x, np.float32), parts):
+        exact.update(chunk)
+    s.attach_exact(exact)
     return s
 
 
