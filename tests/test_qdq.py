@@ -224,3 +224,34 @@ def test_engine_bytes_do_not_depend_on_earlier_sessions(tmp_path):
     assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
     reorders = [n.name for n in a.graph.node if n.op_type.startswith("Reorder")]
     assert reorders and all(n.rsplit("_", 1)[-1].isdigit() and "token" not in n for n in reorders)
+
+
+@pytest.mark.parametrize("flavor", ["tensorrt", "onnxruntime"])
+def test_fixed_weights_are_written_exactly(setup, flavor):
+    """A FixedWeight's int8 values and scale (per channel, or one per tensor) reach the Q/DQ
+    model's initializers bit for bit; the int32 bias is computed from the given scale."""
+    from trtq.quant.weights import FixedWeight
+    model, x, plan, ranges = setup
+    rng = np.random.default_rng(7)
+    fixed = {"conv.w": FixedWeight(rng.integers(-127, 128, (4, 3, 3, 3)).astype(np.int8),
+                                   np.array([0.01, 0.02, 0.03, 0.04], np.float32), 0),
+             "fc1.w": FixedWeight(rng.integers(-127, 128, (5, 2)).astype(np.int8), np.array(0.05, np.float32), 0)}
+    q = insert_qdq(model, plan, ranges, flavor, fixed_weights=fixed)
+    inits = {i.name: numpy_helper.to_array(i) for i in q.graph.initializer}
+    dq = {n.output[0]: n for n in q.graph.node if n.op_type == "DequantizeLinear"}
+    for node_name, weight in (("conv", "conv.w"), ("fc1", "fc1.w")):
+        node = next(n for n in q.graph.node if n.name == node_name)
+        w_dq = dq[node.input[1]]
+        np.testing.assert_array_equal(inits[w_dq.input[0]], fixed[weight].q)
+        assert inits[w_dq.input[0]].dtype == np.int8
+        np.testing.assert_array_equal(inits[w_dq.input[1]], fixed[weight].scale)
+        assert inits[w_dq.input[1]].shape == fixed[weight].scale.shape
+        if flavor == "onnxruntime":  # bias scale = activation scale × the given weight scale
+            b_dq = dq[node.input[2]]
+            act_scale = inits[dq[node.input[0]].input[1]]
+            np.testing.assert_array_equal(inits[b_dq.input[1]],
+                                          np.broadcast_to(act_scale * fixed[weight].scale, inits[b_dq.input[1]].shape))
+    Runner(session(q, optimize=False))({"input": x})  # runs
+    with pytest.raises(Exception, match="do not fit"):
+        insert_qdq(model, plan, ranges, flavor, fixed_weights={"conv.w": FixedWeight(
+            np.zeros((4, 3), np.int8), np.array(0.1, np.float32), 0)})

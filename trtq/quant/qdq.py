@@ -19,7 +19,7 @@ from ..calib.ranges import Range
 from ..errors import JobError
 from ..model.plan import QuantNode, QuantPlan
 from .policy import Flavor, Policy, policy as get_policy
-from .weights import bias_shift, dequantize_weights, per_channel_scales, quantize_weights
+from .weights import FixedWeight, bias_shift, dequantize_weights, per_channel_scales, quantize_weights
 
 BIAS_LIMIT = 2**30  # |int32 bias| kept below this, leaving headroom for the accumulation
 
@@ -37,8 +37,10 @@ def _fit_int32_bias(w_scales: np.ndarray, bias: np.ndarray, act_scale: float) ->
 class _QDQGraph:
     """The new graph being written: nodes in order, new initializers, and the Q/DQ made so far."""
 
-    def __init__(self, model: onnx.ModelProto, ranges: dict[str, Range], pol: Policy):
+    def __init__(self, model: onnx.ModelProto, ranges: dict[str, Range], pol: Policy,
+                 fixed: dict[str, FixedWeight] | None = None):
         self.model, self.ranges, self.policy = model, ranges, pol
+        self.fixed = fixed or {}
         self.inits = {i.name: i for i in model.graph.initializer}
         self.uses: dict[str, int] = {}
         for node in model.graph.node:
@@ -99,26 +101,36 @@ class _QDQGraph:
     # -- weights (with bias correction) --------------------------------------------------------
     def weight(self, node: onnx.NodeProto, q: QuantNode, bias: np.ndarray | None, qmax: int, method: str,
                mean: np.ndarray | None) -> np.ndarray | None:
-        """Per-channel int8 weights behind a DQ; returns the bias, corrected when ``mean`` (the
-        input's per-channel mean) is known."""
+        """int8 weights behind a DQ (per channel, or the given :class:`FixedWeight` as it is);
+        returns the bias, corrected when ``mean`` (the input's per-channel mean) is known."""
         w = self.array(q.weight)
-        scales = per_channel_scales(w, q.axis, qmax, method)
+        fixed = self.fixed.get(q.weight)
+        if fixed is not None:
+            if fixed.q.shape != w.shape or np.ndim(fixed.scale) not in (0, 1):
+                raise JobError(f"fixed weight for {q.weight}: int8 values {fixed.q.shape} and scale "
+                               f"{np.shape(fixed.scale)} do not fit the weight {w.shape}")
+            scales, axis, qw_values = np.asarray(fixed.scale, np.float32), fixed.axis, fixed.q.astype(np.int8)
+        else:
+            scales, axis, qw_values = per_channel_scales(w, q.axis, qmax, method), q.axis, None
         if bias is not None and mean is not None:
-            bias = self._corrected_bias(node, q, w, scales, bias, qmax, mean)
-        if self.policy.int32_bias and bias is not None:
+            w_q = qw_values if qw_values is not None else quantize_weights(w, scales, axis, qmax)
+            bias = self._corrected_bias(node, q, w, dequantize_weights(w_q, scales, axis), bias, mean)
+        if self.policy.int32_bias and bias is not None and fixed is None:
             scales = _fit_int32_bias(scales, bias, self.act_dq[q.activation][1])
-        qw = self.const(f"{q.weight}_quantized", quantize_weights(w, scales, q.axis, qmax))
+        if qw_values is None:
+            qw_values = quantize_weights(w, scales, axis, qmax)
+        qw = self.const(f"{q.weight}_quantized", qw_values)
         ws = self.const(f"{q.weight}_scale", scales)
         wz = self.const(f"{q.weight}_zero_point", np.zeros(scales.shape, np.int8))
+        attrs = {"axis": axis} if scales.ndim else {}
         dqo = self.node("DequantizeLinear", [qw, ws, wz], f"{q.weight}_dequantized", f"{q.weight}_DequantizeLinear",
-                        axis=q.axis)
+                        **attrs)
         self.weight_dq[q.weight] = (dqo, scales)
         self.replaced.add(q.weight)
         return bias
 
-    def _corrected_bias(self, node, q: QuantNode, w, scales, bias, qmax: int, mean) -> np.ndarray:
+    def _corrected_bias(self, node, q: QuantNode, w, w_deq, bias, mean) -> np.ndarray:
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        w_deq = dequantize_weights(quantize_weights(w, scales, q.axis, qmax), scales, q.axis)
         shift = bias_shift(q.op_type, attrs.get("group", 1), w, w_deq, mean, attrs.get("transB", 0))
         if shift is None or shift.size != bias.size:
             return bias
@@ -133,6 +145,8 @@ class _QDQGraph:
         if bias is None or self.uses.get(q.bias) != 1:
             return
         w_scales = self.weight_dq[q.weight][1]
+        if w_scales.ndim == 0 and bias.ndim == 1:  # one weight scale per tensor: the same for every channel
+            w_scales = np.full(bias.shape, w_scales, np.float32)
         if self.policy.int32_bias and bias.ndim == 1 and bias.shape[0] == w_scales.shape[0]:
             bs = (np.float32(self.act_dq[q.activation][1]) * w_scales).astype(np.float32)
             bq = np.clip(np.rint(bias.astype(np.float64) / bs), -(2**31), 2**31 - 1).astype(np.int32)
@@ -170,18 +184,21 @@ class _QDQGraph:
 
 def insert_qdq(model: onnx.ModelProto, plan: QuantPlan, ranges: dict[str, Range],
                flavor: Flavor | Policy, weight_qmax: int = 127, weight_method: str = "max",
-               input_means: dict[str, np.ndarray] | None = None) -> onnx.ModelProto:
+               input_means: dict[str, np.ndarray] | None = None,
+               fixed_weights: dict[str, FixedWeight] | None = None) -> onnx.ModelProto:
     """Return a copy of ``model`` with Q/DQ pairs per ``plan`` and calibrated ``ranges``.
 
     ``input_means`` (tensor → per-channel mean of a weighted op's input) turns on bias
-    correction: each bias absorbs the mean shift its layer's weight quantization causes."""
+    correction: each bias absorbs the mean shift its layer's weight quantization causes.
+    ``fixed_weights`` (weight initializer → :class:`FixedWeight`) are written as given instead
+    of computing scales and rounding; the int32 bias and bias correction use their scales."""
     pol = get_policy(flavor)
     missing = [a for a in plan.activations if a not in ranges]
     if missing:
         raise JobError(f"no calibrated range for tensor(s) {', '.join(missing[:5])}; recalibrate")
     out = onnx.ModelProto()
     out.CopyFrom(model)
-    g = _QDQGraph(out, ranges, pol)
+    g = _QDQGraph(out, ranges, pol, fixed_weights)
     by_node = {q.node: q for q in plan.nodes}
     extra_inputs = pol.add_inputs(plan)
     for original in list(out.graph.node):

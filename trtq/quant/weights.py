@@ -2,11 +2,26 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from ..calib.ranges import safe_amax_array
 
 QMAX_BY_BITS = {7: 64, 8: 127}  # symmetric weight range per bit width (7: no u8×s8 int16 saturation)
+
+
+@dataclass(frozen=True)
+class FixedWeight:
+    """Integer weights decided before Q/DQ insertion (a pre-quantized model's, or learned
+    rounding's): written as they are instead of computing scales and rounding."""
+
+    q: np.ndarray  # int8 values, the weight's shape
+    scale: np.ndarray  # float32, one per channel along ``axis``, or shape () for one per tensor
+    axis: int
+
+    def dequantized(self) -> np.ndarray:
+        return dequantize_weights(self.q, self.scale, self.axis)
 
 
 def per_channel_amax(w: np.ndarray, axis: int) -> np.ndarray:
