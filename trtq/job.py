@@ -133,6 +133,14 @@ class QuantizationSpec(_Strict):
     bias_correction: bool = Field(True, description="fold the mean output shift of weight quantization into each bias")
     equalize_channels: bool = Field(True, description="widen activation channels narrower than 1/8 of their tensor's "
                                     "widest in front of depthwise convolutions, where the graph absorbs it exactly")
+    cross_layer_equalization: bool = Field(False, description="even out the per-channel weight ranges of Conv pairs "
+                                           "joined through ReLU/identity (Nagel et al. 2019; FP32-identical); pairs "
+                                           "through ReLU6 are left, and the report says how many")
+    adaround: bool = Field(False, description="learn each weight's rounding (up or down) against its layer's FP32 "
+                           "output on calibration inputs (AdaRound, Nagel et al. 2020) instead of rounding to nearest")
+    adaround_samples: int = Field(1024, ge=16, le=65536, description="AdaRound: input rows (positions) sampled per "
+                                  "layer from the calibration data; bounds its memory")
+    adaround_iterations: int = Field(300, ge=10, le=20000, description="AdaRound: optimisation steps per layer")
     exclude_ops: tuple[str, ...] = ()
     exclude_nodes: tuple[str, ...] = ()
     keep_precision: Literal["fp32", "fp16"] = Field("fp16", description="precision of the layers kept out of INT8 in "

@@ -114,6 +114,8 @@ def calibrate(prepared: PreparedModel, spec: DataSpec, calibrator: CalibratorSpe
     if store_root is not None:
         feeding = [[i.name, list(i.shape), str(i.dtype), i.batch_axis,
                      None if i.constant is None else i.constant.tolist()] for i in prepared.inputs]
+        if prepared.cross_layer and prepared.cross_layer["pairs"]:  # so do the cross-layer equalized model's
+            feeding.append({"cross_layer": prepared.cross_layer["scales_sha256"]})
         if prepared.equalized:  # the equalized model's values differ from the file's
             feeding.append({t: hashlib.sha256(s.tobytes()).hexdigest() for t, s in sorted(prepared.equalized.items())})
         key = stats_store.stats_key(prepared.sha256, prepared.plan.calibrated, spec.model_dump(mode="json"),

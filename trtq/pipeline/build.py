@@ -120,6 +120,14 @@ def evaluate_build(job: Job, prepared: PreparedModel, folder: Path, engine: dict
     return evaluate(prepared, job.evaluation, qdq, int8, progress)
 
 
+def cle_note(info: dict) -> str:
+    """One line on what cross-layer equalization did and what it left."""
+    left = sum(info["skipped"].values())
+    why = "; ".join(f"{n}: {reason}" for reason, n in list(info["skipped"].items())[:3])
+    return (f"cross-layer equalization: {info['pairs']} Conv pair(s) equalized in {info['sweeps']} sweep(s)"
+            + (f"; {left} Conv input(s) left ({why})" if left else ""))
+
+
 def _equalize(job: Job, prepared: PreparedModel, progress: Progress) -> tuple[PreparedModel, list[dict]]:
     q = job.quantization
     prepared, scales, narrow = equalize_channels(prepared, job.calibration, q.equalize_channels, q.exclude_ops,
@@ -150,6 +158,8 @@ def build(job: Job, out_root: Path | None = None, progress: Progress | None = No
     prepared = prepare_job(job)
     for node in prepared.folded:
         progress.note(f"{node}: replaced by the branch the job's constant inputs select")
+    if prepared.cross_layer is not None:
+        progress.note(cle_note(prepared.cross_layer))
     for node, count in prepared.plan.in_subgraphs.items():
         progress.note(f"{count} weighted op(s) inside the subgraphs of {node} stay FP32: trtq does not quantize "
                       "inside control flow")
@@ -188,6 +198,7 @@ def build(job: Job, out_root: Path | None = None, progress: Progress | None = No
                         "activation_tensors": len(prepared.plan.activations),
                         "in_subgraphs": prepared.plan.in_subgraphs,
                         "equalized": {t: int((s > 1).sum()) for t, s in prepared.equalized.items()},
+                        "cross_layer_equalization": prepared.cross_layer,
                         "narrow_channels": narrow}
         report = build_report(job, prepared, cal.info, quantization, engine, cpu)
         if job.evaluation is not None:
