@@ -58,12 +58,17 @@ def _layout(exposures: list[ort_native.Exposure], native: bool) -> dict:
 def collect_range(model: onnx.ModelProto, groups: list[list[str]], axes: dict[str, int], spec: DataSpec,
                   inputs: list[InputSpec], start: int, count: int | None, digest,
                   progress: Progress | None = None, native: bool = True,
-                  exact: dict[str, float] | None = None) -> tuple[dict, int, dict]:
+                  exact: dict[str, float] | None = None, make: Callable[[str], object] | None = None,
+                  label: str = "calibrating") -> tuple[dict, int, dict]:
     """Statistics of the samples ``start … start+count-1`` (``count`` None: to the end), one pass
     over them per tensor group; ``digest.update`` gets each sample's digest on the first pass.
     Returns (statistics, samples, layout). A single-process calibration is one such range.
     ``native`` False reads every tensor in NCHW order (the same statistics, more slowly).
-    ``exact``: the second pass instead — each tensor's :class:`ExactHistogram` over [0, its amax]."""
+    ``exact``: the second pass instead — each tensor's :class:`ExactHistogram` over [0, its amax].
+    ``make(tensor)``: any other folder with ``TensorStats.update``'s signature, in a pass of its own."""
+    if exact is not None:
+        make, label = (lambda t: ExactHistogram(exact[t])), "exact histograms"
+    first_pass = make is None
     progress = progress or Progress()
     stats: dict = {}
     samples = 0
@@ -74,16 +79,15 @@ def collect_range(model: onnx.ModelProto, groups: list[list[str]], axes: dict[st
         exposure = ort_native.expose(model, group, axes, native=native)
         exposures.append(exposure)
         runner = ort_native.ExposedRunner(exposure)
-        label = "exact histograms" if exact is not None else "calibrating"
-        label = label if len(groups) == 1 else f"{label} (pass {gi + 1}/{len(groups)})"
+        title = label if len(groups) == 1 else f"{label} (pass {gi + 1}/{len(groups)})"
         seen = [0]
-        with progress.task(label, planned_count(source, start, count), "samples") as advance:
+        with progress.task(title, planned_count(source, start, count), "samples") as advance:
             def counted(n: int) -> None:
                 seen[0] += n
                 advance(n)
 
-            part = {t: TensorStats(axes.get(t)) if exact is None else ExactHistogram(exact[t]) for t in group}
-            first = gi == 0 and exact is None
+            part = {t: TensorStats(axes.get(t)) if first_pass else make(t) for t in group}
+            first = gi == 0 and first_pass
             collect(runner, group, prefetch(batches(source, inputs, spec.batch_size, "calibration", start, count,
                                                     digest if first else None, note=progress.note if first else None)),
                     on_batch=counted, stats=part, stride=spec.histogram_stride, sizes=tensor_elements(model, group),

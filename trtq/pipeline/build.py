@@ -7,16 +7,18 @@ to the report — the only module that knows that order.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnx
 
-from ..artifacts import CACHE, EQUALIZATION, MEANS, ORT_ENGINE, QDQ_MODEL, RANGES, staged_output, write_atomic
+from ..artifacts import ADAROUND, CACHE, EQUALIZATION, MEANS, ORT_ENGINE, QDQ_MODEL, RANGES, staged_output, write_atomic
 from ..calib.cache import cache_text
 from ..calib.calibrate import Calibration, calibrate
 from ..calib.channels import equalize_channels
+from ..calib.layer_inputs import collect_rows
 from ..calib.shards import ShardMap
 from ..data.sources import batches, open_source
 from ..engine import onnxruntime as ort_engine
@@ -25,6 +27,7 @@ from ..evaluation.evaluate import Evaluation, evaluate, evaluate_tensorrt
 from ..job import Job
 from ..model.prepare import PreparedModel, prepare_job
 from ..progress import Progress
+from ..quant.adaround import learn_plan, save_fixed
 from ..quant.precision import cast_nodes_fp16
 from ..quant.qdq import insert_qdq
 from ..quant.weights import QMAX_BY_BITS
@@ -91,15 +94,44 @@ def _tensorrt_engine(job: Job, prepared: PreparedModel, cal: Calibration, stage:
     return engine
 
 
+class LearnedRounding:
+    """AdaRound's fixed weights per weight range (qmax), learned on first use from one sample of
+    layer inputs; ``info`` is the report's summary."""
+
+    def __init__(self, job: Job, prepared: PreparedModel, cal: Calibration, progress: Progress):
+        self.job, self.prepared, self.cal, self.progress = job, prepared, cal, progress
+        self.rows: dict | None = None
+        self.learned: dict[int, dict] = {}
+        self.info: dict = {}
+
+    def __call__(self, qmax: int) -> dict:
+        q = self.job.quantization
+        if qmax not in self.learned:
+            t0 = time.perf_counter()
+            if self.rows is None:
+                self.rows = collect_rows(self.prepared, self.job.calibration, self.prepared.plan.nodes,
+                                         q.adaround_samples, progress=self.progress)
+            fixed, info = learn_plan(self.prepared.model, self.prepared.plan, self.rows, self.cal.ranges, qmax,
+                                     q.weight_method, q.adaround_iterations)
+            self.learned[qmax] = fixed
+            self.info[str(qmax)] = {**info, "seconds": round(time.perf_counter() - t0, 2)}
+            self.progress.note(f"adaround (qmax {qmax}): {info['layers']} layer(s), reconstruction error "
+                               f"{info['error_vs_nearest']:.2f}x nearest rounding's")
+        return self.learned[qmax]
+
+
 def _ort_engine(job: Job, prepared: PreparedModel, cal: Calibration, means, stage: Path, cpu: dict,
-                progress: Progress) -> tuple[dict, onnx.ModelProto]:
+                progress: Progress, rounding: LearnedRounding | None = None) -> tuple[dict, onnx.ModelProto]:
     q = job.quantization
     bits = ort_engine.weight_bits(q.weight_bits, cpu)
     if q.weight_bits == "auto" and bits == 7:
         progress.note("CPU without VNNI: ONNX Runtime engine uses 7-bit weights to avoid int16 saturation "
                       "(quantization.weight_bits overrides)")
+    fixed = rounding(QMAX_BY_BITS[bits]) if rounding is not None else None
+    if fixed is not None:
+        save_fixed(stage / ADAROUND, fixed)
     qdq = insert_qdq(prepared.model, prepared.plan, cal.ranges, "onnxruntime", QMAX_BY_BITS[bits], q.weight_method,
-                     means)
+                     means, fixed)
     kernels = ort_engine.build_engine(qdq, stage / ORT_ENGINE)
     return {"path": ORT_ENGINE, "kind": "onnxruntime-cpu", "kernels": kernels, "weight_bits": bits,
             "optimized_for": cpu}, qdq
@@ -180,8 +212,9 @@ def build(job: Job, out_root: Path | None = None, progress: Progress | None = No
             means = cal.means
             arrays = dict(sorted(means.items()))  # same bytes whether collected or reused
             write_atomic(stage / MEANS, lambda tmp: np.savez(tmp, **arrays))
+        rounding = LearnedRounding(job, prepared, cal, progress) if q.adaround else None
         trt_qdq = insert_qdq(prepared.model, prepared.plan, cal.ranges, "tensorrt", weight_method=q.weight_method,
-                             input_means=means)
+                             input_means=means, fixed_weights=rounding(127) if rounding else None)
         excluded = [node for node, _ in prepared.plan.excluded]
         fp16 = q.target == "tensorrt" and q.keep_precision == "fp16" and bool(excluded)
         if fp16:
@@ -190,7 +223,7 @@ def build(job: Job, out_root: Path | None = None, progress: Progress | None = No
         if q.target == "tensorrt":
             engine, eval_qdq = _tensorrt_engine(job, prepared, cal, stage, excluded, progress, why_not), trt_qdq
         else:
-            engine, eval_qdq = _ort_engine(job, prepared, cal, means, stage, cpu, progress)
+            engine, eval_qdq = _ort_engine(job, prepared, cal, means, stage, cpu, progress, rounding)
         quantization = {"target": q.target, "quantized_nodes": len(prepared.plan.nodes),
                         "weight_method": q.weight_method, "bias_correction": means is not None,
                         "excluded": [list(k) for k in prepared.plan.excluded],
@@ -199,6 +232,7 @@ def build(job: Job, out_root: Path | None = None, progress: Progress | None = No
                         "in_subgraphs": prepared.plan.in_subgraphs,
                         "equalized": {t: int((s > 1).sum()) for t, s in prepared.equalized.items()},
                         "cross_layer_equalization": prepared.cross_layer,
+                        "adaround": rounding.info if rounding else None,
                         "narrow_channels": narrow}
         report = build_report(job, prepared, cal.info, quantization, engine, cpu)
         if job.evaluation is not None:

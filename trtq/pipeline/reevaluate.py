@@ -8,13 +8,14 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from ..artifacts import EQUALIZATION, MEANS, QDQ_MODEL, RANGES, REPORT_JSON
+from ..artifacts import ADAROUND, EQUALIZATION, MEANS, QDQ_MODEL, RANGES, REPORT_JSON
 from ..calib.channels import with_scales
 from ..calib.ranges import Range
 from ..errors import JobError
 from ..job import Job
 from ..model.prepare import prepare
 from ..progress import Progress
+from ..quant.adaround import load_fixed
 from ..quant.qdq import insert_qdq
 from ..quant.weights import QMAX_BY_BITS
 from ..report.assemble import add_evaluation
@@ -31,8 +32,9 @@ def _ort_qdq(prepared, folder: Path, report: dict, ranges_doc: dict) -> onnx.Mod
     if (folder / MEANS).is_file():
         with np.load(folder / MEANS) as z:
             means = {k: z[k] for k in z.files}
+    fixed = load_fixed(folder / ADAROUND) if (folder / ADAROUND).is_file() else None  # learned rounding
     return insert_qdq(prepared.model, prepared.plan, ranges, "onnxruntime", qmax,
-                      report["quantization"].get("weight_method", "max"), means)
+                      report["quantization"].get("weight_method", "max"), means, fixed)
 
 
 def reevaluate(job: Job, out_root: Path | None = None, progress: Progress | None = None) -> BuildResult:
