@@ -1,12 +1,15 @@
 """Cross-layer equalization: FP32 outputs unchanged, per-channel weight ranges evened (both
 weights' channel c at sqrt(r1_c · r2_c)), ReLU6 refused and counted."""
 
+import json
+
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from conftest import write_job
 from trtq.model import cle
 
 
@@ -81,3 +84,19 @@ def test_relu6_between_the_convs_is_refused_and_counted():
     assert info["pairs"] == 0
     assert info["skipped"] == {"a Clip with an upper bound (ReLU6): per-channel scaling would move the bound": 1}
     assert out is model
+
+
+def test_the_job_option_equalizes_before_calibration_and_reports_it(tmp_path, run_cli):
+    onnx.save(two_convs("Relu"), tmp_path / "two.onnx")
+    np.savez(tmp_path / "data.npz", x=np.random.default_rng(3).normal(0, 1, (8, 4, 6, 6)).astype(np.float32))
+    job = {"name": "two", "model": "two.onnx", "calibration": {"path": "data.npz", "batch_size": 1},
+           "calibrator": {"method": "minmax"}, "output": "out"}
+    reports = {}
+    for on in (False, True):
+        job["quantization"] = {"cross_layer_equalization": on}
+        code, _, err = run_cli("build", write_job(tmp_path / "job.yaml", job), "-q")
+        assert code == 0, err
+        reports[on] = json.loads((tmp_path / "out" / "two" / "report.json").read_text())
+    assert reports[False]["quantization"]["cross_layer_equalization"] is None
+    assert reports[True]["quantization"]["cross_layer_equalization"]["pairs"] == 1
+    assert reports[True]["calibration"]["reused_statistics"] is False  # the equalized model's values differ

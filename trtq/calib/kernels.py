@@ -137,7 +137,14 @@ def _chunk(b, bi, c0, w, block, firsts, stride, lanes, hist, idx, iu, exp, wide,
             for row in range(firsts[lane], w // block, stride):
                 idx[m] = np.int32(abs(np.float64(b[c0 + row * block + lane])) * scale64)
                 m += 1
-    # counts spread over _LANES copies; unsigned indices index without a negative-index check
+    _count(lanes, iu, m)
+    return exp, wide, scale, scale64, top_k, lo_k, hi_k, 0
+
+
+@nb.njit(nogil=True, cache=True, inline="always")
+def _count(lanes, iu, m):
+    """Count bins ``iu[:m]`` spread over the _LANES copies (repeated bins do not serialise on one
+    memory location); unsigned indices index without a negative-index check."""
     m4 = m - m % 4
     for j in range(0, m4, 4):
         lanes[0, iu[j]] += 1
@@ -146,7 +153,6 @@ def _chunk(b, bi, c0, w, block, firsts, stride, lanes, hist, idx, iu, exp, wide,
         lanes[3, iu[j + 3]] += 1
     for j in range(m4, m):
         lanes[0, iu[j]] += 1
-    return exp, wide, scale, scale64, top_k, lo_k, hi_k, 0
 
 
 @nb.njit(nogil=True, cache=True)
@@ -320,14 +326,7 @@ def bin_exact(x, edges, hist):
                     elif k != bins - 1 and a >= edges[k + 1]:
                         k += 1
                     idx[j] = k
-            w4 = w - w % 4
-            for j in range(0, w4, 4):
-                lanes[0, iu[j]] += 1
-                lanes[1, iu[j + 1]] += 1
-                lanes[2, iu[j + 2]] += 1
-                lanes[3, iu[j + 3]] += 1
-            for j in range(w4, w):
-                lanes[0, iu[j]] += 1
+            _count(lanes, iu, w)
     beyond = 0
     for lane in range(_LANES):
         for i in range(bins):

@@ -52,7 +52,8 @@ class _Quadratic:
 
     def __init__(self, x: np.ndarray):  # x [groups, N, d]
         self.n = x.shape[1]
-        self.gram = np.matmul(x.transpose(0, 2, 1), x) / self.n if x.shape[2] <= self.n else None
+        # k·d² per step through the Gram matrix, 2·k·d·N through X: the cheaper one
+        self.gram = np.matmul(x.transpose(0, 2, 1), x) / self.n if x.shape[2] <= 2 * self.n else None
         self.x = None if self.gram is not None else x
 
     def apply(self, e: np.ndarray) -> np.ndarray:
