@@ -7,7 +7,8 @@ the same machine, over the same images with the same preprocessing (EfficientNet
 shorter side 256 bicubic, crop 224, (x-127)/128), batch 8:
 
 * ``fp32 pass``   — trtq's data pipeline + one plain FP32 inference pass (the yardstick);
-* ``trtq``        — one collection pass, then all four methods (minmax, percentile, entropy,
+* ``trtq``        — one collection pass, the second pass entropy needs (its exact 2048-bin
+                    histograms), then all four methods (minmax, percentile, entropy,
                     mse) from the same statistics; ``NCHW exposure`` reads every activation in
                     NCHW order (ONNX Runtime reorders each one from its NCHWc layout: trtq
                     before it read them in that layout — the same statistics); ``stride 4``
@@ -78,12 +79,18 @@ def worker_trtq(args) -> dict:
     stats, n, _ = collect_range(model, groups, plan.channel_axes(), spec, inputs, 0, spec.max_samples, hashlib.sha256(),
                              native=not args.nchw)
     collected = time.perf_counter() - t0
+    exact = collect_range(model, groups, plan.channel_axes(), spec, inputs, 0, spec.max_samples, None,
+                          native=not args.nchw, exact={t: st.absmax for t, st in stats.items() if st.absmax > 0})[0]
+    for t, h in exact.items():
+        stats[t].attach_exact(h, t)
+    exact_seconds = time.perf_counter() - t0 - collected
     methods = {}
     for name, cls in BUILTIN.items():
         t = time.perf_counter()
         compute_ranges(stats, cls())
         methods[name] = time.perf_counter() - t
-    return {"seconds": time.perf_counter() - t0, "collect_seconds": collected, "methods": methods, "samples": n,
+    return {"seconds": time.perf_counter() - t0, "collect_seconds": collected, "exact_seconds": exact_seconds,
+            "methods": methods, "samples": n,
             "passes": len(groups)}
 
 
@@ -166,10 +173,13 @@ def main(argv=None) -> int:
             import numpy as np
 
             from trtq.calib.methods import MSE, Entropy
-            from trtq.calib.stats import TensorStats
+            from trtq.calib.stats import ExactHistogram, TensorStats
             TensorStats(1).update(np.ones((1, 2, 3), np.float32))
             warmed = TensorStats(1)
             warmed.update(np.linspace(0, 1, 256, dtype=np.float32).reshape(1, 8, 4, 8), block=8)
+            exact = ExactHistogram(warmed.absmax)
+            exact.update(np.linspace(0, 1, 256, dtype=np.float32).reshape(1, 8, 4, 8), block=8)
+            warmed.attach_exact(exact)
             Entropy().compute_amax(warmed), MSE().compute_amax(warmed)
             res = {"seconds": time.perf_counter() - t0, "samples": 0}
         elif args.worker == "fp32":
@@ -223,7 +233,7 @@ def main(argv=None) -> int:
                  if base and "seconds" in base else "1.00")
         meth = ", ".join(f"{k} {v:.2f}" for k, v in r.get("methods", {}).items())
         if "collect_seconds" in r:
-            meth = f"collect {r['collect_seconds']:.1f}; " + meth
+            meth = f"collect {r['collect_seconds']:.1f}; exact histograms {r['exact_seconds']:.1f}; " + meth
         wall = f"{r['seconds']:.1f}" + (f" ({', '.join(f'{x:.1f}' for x in r['all'])})" if len(r.get("all", [])) > 1 else "")
         lines.append(f"| {name} | {n} | {wall} | {ratio} | {r['peak_rss_mb']:.0f} | {meth} |")
     trtq = {n: r for name, n, r, _ in rows if name == "trtq, 4 methods" and "error" not in r}

@@ -108,7 +108,9 @@ def test_what_cannot_absorb_scales_is_left_alone():
         [numpy_helper.from_array(np.ones((2, 2, 1, 1), np.float32), "w"),
          numpy_helper.from_array(np.array(0, np.float32), "lo"), numpy_helper.from_array(np.array(6, np.float32), "hi"),
          numpy_helper.from_array(np.ones((2, 1, 1, 1), np.float32), "wd")])
-    assert equalize.absorbable(relu6, "r") == "produced by Clip, which cannot absorb per-channel scales exactly"
+    assert equalize.absorbable(relu6, "r") == "a Clip with an upper bound (ReLU6): per-channel scaling would move the bound"
+    relu6.node[1].input[2] = ""  # Clip(x, 0) with no upper bound is a ReLU: looked through to the Conv
+    assert equalize.absorbable(relu6, "r") is None
     assert equalize.absorbable(relu6, "c") == "also read by Clip 'relu6'"
 
 

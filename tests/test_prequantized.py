@@ -278,3 +278,17 @@ def test_inspect_says_a_model_is_prequantized(tiny, run_cli):
     assert code == 0 and json.loads(out)["prequantized"] == {"activations": 8, "int8_weights": 5, "asymmetric": 8}
     code, out, _ = run_cli("inspect", tiny["dir"] / "tiny.onnx", "--json")
     assert json.loads(out)["prequantized"] is None
+
+
+@pytest.mark.parametrize("option", ["adaround", "cross_layer_equalization"])
+def test_weight_refinements_on_a_prequantized_model_are_refused(tiny, run_cli, option):
+    path = make_prequantized(tiny["dir"], "s8s8")
+    job = write_job(tiny["dir"] / "job.yaml", _job(tiny, path, **{option: True}))
+    code, _, err = run_cli("build", job)
+    assert_clean_error(code, err, "weights are already quantized", option, out_dir=tiny["dir"] / "out")
+
+
+def test_adaround_with_per_tensor_weights_is_refused(tiny, run_cli):
+    job = {**tiny["job"], "quantization": {"adaround": True, "weights": "per_tensor"}}
+    code, _, err = run_cli("build", write_job(tiny["dir"] / "job.yaml", job))
+    assert_clean_error(code, err, "adaround", "per_channel")

@@ -27,6 +27,7 @@ ORT_ENGINE = "engine.ort.onnx"  # target onnxruntime: the CPU engine
 CACHE = "calibration.cache"  # TensorRT's calibration cache format, from trtq's ranges
 RANGES = "ranges.json"
 MEANS = "channel_means.npz"  # per-channel input means behind bias correction
+ADAROUND = "adaround.npz"  # learned int8 weights and scales per weight (quantization.adaround)
 EQUALIZATION = "equalization.npz"  # per-channel activation scales of the equalized tensors (when any)
 PLAN = "engine.plan"  # target tensorrt: the serialized engine ...
 PLAN_META = PLAN + ".json"  # ... and what it was built with and for

@@ -139,11 +139,26 @@ class QuantizationSpec(_Strict):
     convert_asymmetric: bool = Field(False, description="pre-quantized models for TensorRT: give activations with a "
                                      "zero point or uint8 the symmetric int8 scale covering the same [min, max] "
                                      "(a coarser step: up to 6 dB more noise on such a tensor) instead of refusing them")
+    cross_layer_equalization: bool = Field(False, description="even out the per-channel weight ranges of Conv pairs "
+                                           "joined through ReLU/identity (Nagel et al. 2019; FP32-identical); pairs "
+                                           "through ReLU6 are left, and the report says how many")
+    adaround: bool = Field(False, description="learn each weight's rounding (up or down) against its layer's FP32 "
+                           "output on calibration inputs (AdaRound, Nagel et al. 2020) instead of rounding to nearest")
+    adaround_samples: int = Field(1024, ge=16, le=65536, description="AdaRound: input rows (positions) sampled per "
+                                  "layer from the calibration data; bounds its memory")
+    adaround_iterations: int = Field(300, ge=10, le=20000, description="AdaRound: optimisation steps per layer")
     exclude_ops: tuple[str, ...] = ()
     exclude_nodes: tuple[str, ...] = ()
     keep_precision: Literal["fp32", "fp16"] = Field("fp16", description="precision of the layers kept out of INT8 in "
                                                     "the TensorRT model (cast in the graph: strong typing); fp16 as "
                                                     "ModelOpt; no loss measured on EfficientNet-Lite0")
+
+    @model_validator(mode="after")
+    def _adaround_per_channel(self):
+        if self.adaround and self.weights == "per_tensor":
+            raise ValueError("adaround learns the rounding under per-channel weight scales; set weights: per_channel "
+                             "or adaround: false")
+        return self
 
 
 class ProfileSpec(_Strict):

@@ -223,4 +223,4 @@ def with_scales(prepared: PreparedModel, scales: dict[str, np.ndarray], exclude_
     plan = plan_quantization(model, exclude_ops, exclude_nodes)
     plan.cache_only = list(prepared.plan.cache_only)
     return PreparedModel(prepared.path, model, prepared.inputs, plan, prepared.folded,
-                         {t: np.asarray(s, np.float64) for t, s in scales.items()})
+                         {t: np.asarray(s, np.float64) for t, s in scales.items()}, prepared.cross_layer)

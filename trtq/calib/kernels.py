@@ -137,7 +137,14 @@ def _chunk(b, bi, c0, w, block, firsts, stride, lanes, hist, idx, iu, exp, wide,
             for row in range(firsts[lane], w // block, stride):
                 idx[m] = np.int32(abs(np.float64(b[c0 + row * block + lane])) * scale64)
                 m += 1
-    # counts spread over _LANES copies; unsigned indices index without a negative-index check
+    _count(lanes, iu, m)
+    return exp, wide, scale, scale64, top_k, lo_k, hi_k, 0
+
+
+@nb.njit(nogil=True, cache=True, inline="always")
+def _count(lanes, iu, m):
+    """Count bins ``iu[:m]`` spread over the _LANES copies (repeated bins do not serialise on one
+    memory location); unsigned indices index without a negative-index check."""
     m4 = m - m % 4
     for j in range(0, m4, 4):
         lanes[0, iu[j]] += 1
@@ -146,7 +153,6 @@ def _chunk(b, bi, c0, w, block, firsts, stride, lanes, hist, idx, iu, exp, wide,
         lanes[3, iu[j + 3]] += 1
     for j in range(m4, m):
         lanes[0, iu[j]] += 1
-    return exp, wide, scale, scale64, top_k, lo_k, hi_k, 0
 
 
 @nb.njit(nogil=True, cache=True)
@@ -275,6 +281,58 @@ def fold_blocked(x, stride, hist, exp, sums):
                         acc[lane], acc[block + lane], acc[2 * block + lane], acc[3 * block + lane],
                         acc[4 * block + lane], acc[5 * block + lane], acc[6 * block + lane], acc[7 * block + lane])
     return _finish(lanes, hist, exp, lo_k, hi_k, 0)
+
+
+@nb.njit(nogil=True, cache=True)
+def bin_exact(x, edges, hist):
+    """Add the |values| of ``x`` (float32 [samples, values], C-contiguous) to ``hist``
+    (int64[bins]) in the bins ``edges`` (``numpy.linspace(0, amax, bins + 1)``) bound, exactly as
+    ``numpy.histogram(|x|, bins, range=(0, amax))`` places them (the last bin holds amax).
+    Returns how many values lie above amax (not counted).
+
+    The bin is ``floor(p)``, ``p = |x| · bins / amax`` in float64. ``p`` and the edges are each
+    within ~1e-12 bins of the exact quotients, so ``floor(p)`` can only be wrong when ``p`` is
+    within 1e-9 of an integer (or at or past ``bins``): a chunk holding such a value (zeros
+    aside, which are bin 0) is re-binned against the edges themselves. The common path is one
+    vectorised pass per chunk; counts are spread over ``_LANES`` copies, as in :func:`fold`."""
+    bins = len(hist)
+    top = edges[bins]
+    norm = bins / top
+    lanes = np.zeros((_LANES, bins + 1), np.int64)  # column ``bins``: values above amax
+    idx = np.empty(_CHUNK, np.int32)
+    iu = idx.view(np.uint32)
+    for s in range(x.shape[0]):
+        row = x[s]
+        m = row.shape[0]
+        for c0 in range(0, m, _CHUNK):
+            w = min(m, c0 + _CHUNK) - c0
+            v = row[c0:c0 + w]  # (a view from 0 vectorises: no negative-index fix-ups)
+            suspect = 0
+            for j in range(w):
+                a = abs(np.float64(v[j]))
+                p = min(a * norm, np.float64(bins))
+                k = np.int32(p)
+                f = p - k
+                suspect += ((f < 1e-9) & (a > 0)) | (f > 1.0 - 1e-9) | (k >= bins)
+                idx[j] = k
+            if suspect:
+                for j in range(w):
+                    a = abs(np.float64(v[j]))
+                    k = min(idx[j], bins - 1)
+                    if a > top:
+                        k = bins
+                    elif a < edges[k]:
+                        k -= 1
+                    elif k != bins - 1 and a >= edges[k + 1]:
+                        k += 1
+                    idx[j] = k
+            _count(lanes, iu, w)
+    beyond = 0
+    for lane in range(_LANES):
+        for i in range(bins):
+            hist[i] += lanes[lane, i]
+        beyond += lanes[lane, bins]
+    return beyond
 
 
 def needs_compiling() -> bool:

@@ -18,7 +18,7 @@ from ..model.load import InputSpec, input_specs
 from ..progress import Progress
 from ..runtime import ort_native
 from .collect import collect, tensor_elements
-from .stats import TensorStats, merge_all
+from .stats import ExactHistogram, TensorStats, merge_all
 
 ShardMap = Callable[[Callable, list[tuple]], list]  # (function, argument tuples) → results, in order
 
@@ -57,13 +57,20 @@ def _layout(exposures: list[ort_native.Exposure], native: bool) -> dict:
 
 def collect_range(model: onnx.ModelProto, groups: list[list[str]], axes: dict[str, int], spec: DataSpec,
                   inputs: list[InputSpec], start: int, count: int | None, digest,
-                  progress: Progress | None = None, native: bool = True) -> tuple[dict[str, TensorStats], int, dict]:
+                  progress: Progress | None = None, native: bool = True,
+                  exact: dict[str, float] | None = None, make: Callable[[str], object] | None = None,
+                  label: str = "calibrating") -> tuple[dict, int, dict]:
     """Statistics of the samples ``start … start+count-1`` (``count`` None: to the end), one pass
     over them per tensor group; ``digest.update`` gets each sample's digest on the first pass.
     Returns (statistics, samples, layout). A single-process calibration is one such range.
-    ``native`` False reads every tensor in NCHW order (the same statistics, more slowly)."""
+    ``native`` False reads every tensor in NCHW order (the same statistics, more slowly).
+    ``exact``: the second pass instead — each tensor's :class:`ExactHistogram` over [0, its amax].
+    ``make(tensor)``: any other folder with ``TensorStats.update``'s signature, in a pass of its own."""
+    if exact is not None:
+        make, label = (lambda t: ExactHistogram(exact[t])), "exact histograms"
+    first_pass = make is None
     progress = progress or Progress()
-    stats: dict[str, TensorStats] = {}
+    stats: dict = {}
     samples = 0
     exposures = []
     for gi, group in enumerate(groups):
@@ -72,17 +79,17 @@ def collect_range(model: onnx.ModelProto, groups: list[list[str]], axes: dict[st
         exposure = ort_native.expose(model, group, axes, native=native)
         exposures.append(exposure)
         runner = ort_native.ExposedRunner(exposure)
-        label = "calibrating" if len(groups) == 1 else f"calibrating (pass {gi + 1}/{len(groups)})"
+        title = label if len(groups) == 1 else f"{label} (pass {gi + 1}/{len(groups)})"
         seen = [0]
-        with progress.task(label, planned_count(source, start, count), "samples") as advance:
+        with progress.task(title, planned_count(source, start, count), "samples") as advance:
             def counted(n: int) -> None:
                 seen[0] += n
                 advance(n)
 
-            part = {t: TensorStats(axes.get(t)) for t in group}
+            part = {t: TensorStats(axes.get(t)) if first_pass else make(t) for t in group}
+            first = gi == 0 and first_pass
             collect(runner, group, prefetch(batches(source, inputs, spec.batch_size, "calibration", start, count,
-                                                    digest if gi == 0 else None,
-                                                    note=progress.note if gi == 0 else None)),
+                                                    digest if first else None, note=progress.note if first else None)),
                     on_batch=counted, stats=part, stride=spec.histogram_stride, sizes=tensor_elements(model, group),
                     blocks=exposure.blocks)
         stats.update(part)
@@ -92,14 +99,24 @@ def collect_range(model: onnx.ModelProto, groups: list[list[str]], axes: dict[st
 
 
 def collect_shard(spec_json: dict, model_bytes: bytes, groups: list[list[str]], axes: dict[str, int],
-                  start: int, count: int) -> dict:
-    """One shard's statistics. Runs in any process: everything it needs comes in as plain values
-    (``spec_json``: the job's calibration section)."""
+                  start: int, count: int, exact: dict[str, float] | None = None) -> dict:
+    """One shard's statistics (``exact``: its exact histograms, the second pass). Runs in any
+    process: everything it needs comes in as plain values (``spec_json``: the job's calibration section)."""
     spec = DataSpec.model_validate(spec_json)
     model = onnx.load_from_string(model_bytes)
     digests = _Digests()
-    stats, _, layout = collect_range(model, groups, axes, spec, input_specs(model), start, count, digests)
+    stats, _, layout = collect_range(model, groups, axes, spec, input_specs(model), start, count, digests,
+                                     exact=exact)
     return {"stats": stats, "digests": digests.items, "layout": layout}
+
+
+def merge_exact(results: list[dict]) -> dict[str, ExactHistogram]:
+    """The shards' exact histograms (second-pass results), summed per tensor."""
+    out: dict[str, ExactHistogram] = {}
+    for r in results:
+        for name, h in r["stats"].items():
+            out[name] = out[name].merge(h) if name in out else h.copy()
+    return out
 
 
 def merge_shards(results: list[dict]) -> tuple[dict[str, TensorStats], str, int, dict]:

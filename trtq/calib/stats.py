@@ -10,6 +10,11 @@ the coarser width from the start would have given. Hence the statistics are:
   maximum, and counts are sums), and
 * exactly mergeable: ``a.merge(b)`` equals the statistics of both halves' data together.
 
+Methods that read TensorRT's view — |x| in 2048 equal bins over [0, max|x|] — cannot get it
+exactly from the fine bins (its edges fall inside them), so they ask for an
+:class:`ExactHistogram` (``needs = (EXACT_HISTOGRAM,)``): a second pass over the data once the
+first has found the maximum. Its counts are sums too, so it keeps both properties.
+
 Memory is ``NBINS`` int64 counts per tensor, whatever the number of samples. The folding itself
 is the compiled single-pass kernel of :mod:`trtq.calib.kernels`.
 """
@@ -26,12 +31,56 @@ from .kernels import EMPTY_EXP as _EMPTY_EXP
 from .kernels import NBINS  # fine bins; methods needing TensorRT's 2048-bin view re-bin from these
 
 _MAX_VALUES_PER_CALL = 1 << 30  # the kernel's per-call counts are int32
+TRT_BINS = 2048  # EntropyCalibration2's histogram size over [0, max]
+EXACT_HISTOGRAM = "exact_histogram"  # what a method lists in ``needs`` for an ExactHistogram
+
+
+class ExactHistogram:
+    """|x| in ``bins`` equal bins over [0, amax], amax fixed up front (the tensor's max |x| from
+    a first pass), binned as ``numpy.histogram(|x|, bins, range=(0, amax))`` does. A value above
+    amax means the data changed between passes: a :class:`DataError`. Same interface as
+    :meth:`TensorStats.update`, so the collection loop folds either."""
+
+    __slots__ = ("amax", "hist")
+
+    def __init__(self, amax: float, bins: int = TRT_BINS) -> None:
+        self.amax = float(amax)
+        self.hist = np.zeros(bins, dtype=np.int64)
+
+    def update(self, x: np.ndarray, stride: int = 1, name: str = "", block: int = 0) -> None:
+        x = np.asarray(x)
+        if x.size == 0 or self.amax <= 0:
+            return
+        if block and stride > 1:  # the stride subsample is defined on NCHW positions
+            n, c = x.shape[:2]
+            x = x.reshape(n, c // block, -1, block).transpose(0, 1, 3, 2)
+        x2 = x.reshape(len(x), -1)
+        x2 = np.ascontiguousarray(x2 if stride == 1 else x2[:, ::stride], dtype=np.float32)
+        edges = np.linspace(0.0, self.amax, len(self.hist) + 1)
+        if kernels.bin_exact(x2, edges, self.hist):
+            raise DataError(f"tensor {name or '?'}: the second calibration pass saw values beyond the first "
+                            f"pass's max |x| {self.amax:g}; the data (or loader) must give the same samples each pass")
+
+    def merge(self, other: "ExactHistogram") -> "ExactHistogram":
+        if self.amax != other.amax or len(self.hist) != len(other.hist):
+            raise ValueError(f"exact histograms over [0, {self.amax}] and [0, {other.amax}] do not merge")
+        out = ExactHistogram(self.amax, len(self.hist))
+        out.hist = self.hist + other.hist
+        return out
+
+    def copy(self) -> "ExactHistogram":
+        out = ExactHistogram(self.amax, len(self.hist))
+        out.hist = self.hist.copy()
+        return out
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, ExactHistogram) and self.amax == other.amax and np.array_equal(self.hist, other.hist)
 
 
 class TensorStats:
     """Running statistics of one tensor."""
 
-    __slots__ = ("count", "min", "max", "exp", "hist", "channel_sum", "channel_axis", "samples")
+    __slots__ = ("count", "min", "max", "exp", "hist", "channel_sum", "channel_axis", "samples", "exact")
 
     def __init__(self, channel_axis: int | None = None) -> None:
         self.count = 0
@@ -44,6 +93,21 @@ class TensorStats:
         self.channel_axis = channel_axis
         self.channel_sum: np.ndarray | None = None
         self.samples = 0
+        self.exact: ExactHistogram | None = None  # TensorRT's view, from a second pass (``attach_exact``)
+
+    def exact_histogram(self) -> ExactHistogram | None:
+        """The exact 2048-bin histogram over [0, absmax], if collected for these statistics."""
+        if self.exact is None or self.exact.amax != self.absmax or self.exact.hist.sum() != self.hist.sum():
+            return None
+        return self.exact
+
+    def attach_exact(self, exact: ExactHistogram, name: str = "") -> None:
+        """Keep ``exact`` (collected over the same data); a count that differs means the data changed."""
+        if exact.amax != self.absmax or exact.hist.sum() != self.hist.sum():
+            raise DataError(f"tensor {name or '?'}: the second calibration pass saw {int(exact.hist.sum())} values, "
+                            f"the first {int(self.hist.sum())}; the data (or loader) must give the same samples "
+                            "each pass")
+        self.exact = exact
 
     def channel_mean(self) -> np.ndarray | None:
         """Mean of each channel over every sample and position (None if not collected)."""
@@ -80,6 +144,7 @@ class TensorStats:
         x = np.asarray(x)
         if x.size == 0:
             return
+        self.exact = None  # new values: an exact histogram no longer describes the data
         if block:
             self._update_blocked(x, block, stride, name)
             return
@@ -139,6 +204,8 @@ class TensorStats:
         a._coarsen_to(exp)
         b._coarsen_to(exp)
         out.exp, out.hist = exp, a.hist + b.hist
+        if self.exact is not None and other.exact is not None and self.exact.amax == other.exact.amax == out.absmax:
+            out.exact = self.exact.merge(other.exact)
         return out
 
     def copy(self) -> "TensorStats":
@@ -146,12 +213,14 @@ class TensorStats:
         out.count, out.min, out.max, out.exp, out.hist = self.count, self.min, self.max, self.exp, self.hist.copy()
         out.channel_sum = None if self.channel_sum is None else self.channel_sum.copy()
         out.samples = self.samples
+        out.exact = None if self.exact is None else self.exact.copy()
         return out
 
     def __eq__(self, other) -> bool:
         if not (isinstance(other, TensorStats) and self.count == other.count and self.min == other.min
                 and self.max == other.max and self.exp == other.exp and np.array_equal(self.hist, other.hist)
-                and self.samples == other.samples and (self.channel_sum is None) == (other.channel_sum is None)):
+                and self.samples == other.samples and (self.channel_sum is None) == (other.channel_sum is None)
+                and self.exact == other.exact):
             return False
         return self.channel_sum is None or np.allclose(self.channel_sum, other.channel_sum, rtol=1e-12, atol=1e-9)
 
@@ -163,6 +232,9 @@ class TensorStats:
                f"{prefix}/hist": self.hist}
         if self.channel_sum is not None:
             out[f"{prefix}/channels"] = self.channel_sum
+        if self.exact is not None:
+            out[f"{prefix}/exact"] = self.exact.hist
+            out[f"{prefix}/exact_amax"] = np.array(self.exact.amax, dtype=np.float64)
         return out
 
     @classmethod
@@ -172,8 +244,12 @@ class TensorStats:
         out.count, out.exp, out.samples = count, exp, samples
         out.min, out.max = (float(v) for v in arrays[f"{prefix}/range"])
         out.hist = np.asarray(arrays[f"{prefix}/hist"], dtype=np.int64)
+        names = getattr(arrays, "files", arrays)
         key = f"{prefix}/channels"
-        out.channel_sum = np.asarray(arrays[key], dtype=np.float64) if key in getattr(arrays, "files", arrays) else None
+        out.channel_sum = np.asarray(arrays[key], dtype=np.float64) if key in names else None
+        if f"{prefix}/exact" in names:
+            out.exact = ExactHistogram(float(arrays[f"{prefix}/exact_amax"]))
+            out.exact.hist = np.asarray(arrays[f"{prefix}/exact"], dtype=np.int64)
         return out
 
 

@@ -13,7 +13,8 @@ sides can absorb the scales *exactly*, without adding an op:
 
 * producers: ``Conv`` (its output channel's weights and bias), ``BatchNormalization`` (scale and
   bias), ``Mul``/``Div`` by a constant (HardSwish's closing ``Div(·, 6)``), looked through a
-  ``Relu`` (positive scaling commutes with it; a ``Clip`` such as ReLU6 does not), and through a
+  ``Relu``, ``Identity`` or ``Clip(·, 0)`` without upper bound (positive scaling commutes with
+  them; a ``Clip`` such as ReLU6 does not), and through a
   residual ``Add`` into both of its branches when each can absorb the scales;
 * consumers: ``Conv`` reading ``t`` as its data input (grouped and depthwise included).
 Anything else is left alone, and :func:`absorbable` says why.
@@ -28,7 +29,7 @@ from onnx import helper, numpy_helper
 CHANNEL_AXIS = 1
 
 
-def _maps(graph: onnx.GraphProto):
+def graph_maps(graph: onnx.GraphProto):
     producers = {o: n for n in graph.node for o in n.output}
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for n in graph.node:
@@ -38,7 +39,7 @@ def _maps(graph: onnx.GraphProto):
     return producers, consumers, inits
 
 
-def _attr(node: onnx.NodeProto, name: str, default=None):
+def attr(node: onnx.NodeProto, name: str, default=None):
     return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
 
 
@@ -69,11 +70,13 @@ def _absorber(maps, outputs: set[str], tensor: str) -> tuple[onnx.NodeProto | No
         node = producers.get(t)
         if node is None:
             return None, "a graph input"
-        if node.op_type == "Relu":
+        if node.op_type in ("Relu", "Identity") or node.op_type == "Clip" and _positive_clip(node, inits):
             t = node.input[0]
             if len(consumers.get(t, [])) != 1 or t in outputs:
-                return None, "the Relu's input is read elsewhere"
+                return None, f"the {node.op_type}'s input is read elsewhere"
             continue
+        if node.op_type == "Clip":
+            return None, "a Clip with an upper bound (ReLU6): per-channel scaling would move the bound"
         if node.op_type == "Conv" and node.input[1] in inits:
             return node, ""
         if node.op_type == "BatchNormalization" and all(i in inits for i in node.input[1:3]):
@@ -88,7 +91,17 @@ def _absorber(maps, outputs: set[str], tensor: str) -> tuple[onnx.NodeProto | No
         return None, f"produced by {node.op_type}, which cannot absorb per-channel scales exactly"
 
 
-def _analyse(graph: onnx.GraphProto, tensor: str, maps) -> tuple[list[onnx.NodeProto], str]:
+def _positive_clip(node: onnx.NodeProto, inits: dict) -> bool:
+    """A ``Clip(x, 0)`` with no upper bound (or +inf): positive scaling commutes with it. (The
+    model is at opset >= 13, where the bounds are inputs.)"""
+    names = list(node.input[1:3]) + [""] * (3 - len(node.input))
+    if not names[0] or any(n and n not in inits for n in names):
+        return False  # no lower bound, or a bound computed in the graph
+    hi = float(numpy_helper.to_array(inits[names[1]])) if names[1] else np.inf
+    return float(numpy_helper.to_array(inits[names[0]])) == 0.0 and hi == np.inf
+
+
+def analyse(graph: onnx.GraphProto, tensor: str, maps) -> tuple[list[onnx.NodeProto], str]:
     """(the producers that take ``tensor``'s scales, "") when its producer side and every reader
     can absorb them exactly; else ([], why not)."""
     _, consumers, inits = maps
@@ -103,7 +116,7 @@ def _analyse(graph: onnx.GraphProto, tensor: str, maps) -> tuple[list[onnx.NodeP
 
 def absorbable(graph: onnx.GraphProto, tensor: str) -> str | None:
     """None when ``tensor`` can be equalized; else the reason it cannot."""
-    nodes, why = _analyse(graph, tensor, _maps(graph))
+    nodes, why = analyse(graph, tensor, graph_maps(graph))
     return None if nodes else why
 
 
@@ -147,12 +160,15 @@ def _scale_producer(graph: onnx.GraphProto, node: onnx.NodeProto, s: np.ndarray,
 
 def _scale_consumer(graph: onnx.GraphProto, node: onnx.NodeProto, s: np.ndarray, inits: dict) -> None:
     w = numpy_helper.to_array(inits[node.input[1]]).astype(np.float64)
-    groups = _attr(node, "group", 1)
-    k, cin = w.shape[0], w.shape[1]  # [K, C/groups, ...]
-    per_group = k // groups
-    channel = (np.arange(k)[:, None] // per_group) * cin + np.arange(cin)[None, :]  # [K, C/groups]
-    w = w / s[channel].reshape(k, cin, *([1] * (w.ndim - 2)))
+    channel = input_channels(w.shape, attr(node, "group", 1))
+    w = w / s[channel].reshape(*channel.shape, *([1] * (w.ndim - 2)))
     node.input[1] = _new_init(graph, node.input[1], w)
+
+
+def input_channels(shape: tuple[int, ...], groups: int) -> np.ndarray:
+    """For a Conv weight ``[K, C/groups, ...]``: the input channel each ``[k, c]`` reads."""
+    k, cin = shape[0], shape[1]
+    return (np.arange(k)[:, None] // (k // groups)) * cin + np.arange(cin)[None, :]
 
 
 def apply(model: onnx.ModelProto, scales: dict[str, np.ndarray]) -> onnx.ModelProto:
@@ -163,8 +179,8 @@ def apply(model: onnx.ModelProto, scales: dict[str, np.ndarray]) -> onnx.ModelPr
     graph = out.graph
     for tensor, s in scales.items():
         s = np.asarray(s, np.float64)
-        maps = _maps(graph)  # afresh for each tensor: an earlier one's rewrite renamed initializers
-        nodes, why = _analyse(graph, tensor, maps)
+        maps = graph_maps(graph)  # afresh for each tensor: an earlier one's rewrite renamed initializers
+        nodes, why = analyse(graph, tensor, maps)
         if not nodes:
             raise ValueError(f"tensor '{tensor}' cannot be equalized: {why}")
         _, consumers, inits = maps

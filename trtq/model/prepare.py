@@ -17,6 +17,7 @@ import onnx
 from ..artifacts import file_sha256
 from ..errors import JobError, ModelError
 from ..job import InputOptions, Job
+from . import cle
 from .controlflow import fold_constant_ifs
 from .load import InputSpec, float_activations, input_specs, load_model, output_names, settle
 from .plan import QuantPlan, name_nodes, plan_quantization
@@ -32,6 +33,7 @@ class PreparedModel:
     folded: list[str] = field(default_factory=list)  # If nodes replaced by the branch a constant input chose
     equalized: dict[str, np.ndarray] = field(default_factory=dict)  # tensor → channel scales (model/equalize.py)
     prequantized: PreQuantized | None = None  # the model held Q/DQ: ``model`` is its FP32 graph (model/prequant.py)
+    cross_layer: dict | None = None  # what cross-layer equalization did (model/cle.py), when asked for
 
     @property
     def outputs(self) -> list[str]:
@@ -81,11 +83,12 @@ def _with_constant(spec: InputSpec, value) -> InputSpec:
 
 def prepare(path: Path, input_shapes: dict[str, tuple[int, ...]] | None = None, exclude_ops=(),
             exclude_nodes=(), inputs: dict[str, InputOptions] | None = None,
-            every_tensor: bool = False) -> PreparedModel:
+            every_tensor: bool = False, cross_layer: bool = False) -> PreparedModel:
     """Load ``path`` and plan its quantization (errors name the file, or the job key).
     ``inputs``: the job's ``inputs`` section (batch axes, constant inputs). ``every_tensor``:
     calibrate every FP32 tensor of the network, as TensorRT's implicit INT8 wants in its cache,
-    besides the tensors Q/DQ goes on."""
+    besides the tensors Q/DQ goes on. ``cross_layer``: cross-layer equalization first (before the
+    plan, which names the rewritten weights)."""
     inputs = inputs or {}
     axes = {k: v.batch_axis for k, v in inputs.items()}
     model = load_model(path, input_shapes, axes)
@@ -100,19 +103,22 @@ def prepare(path: Path, input_shapes: dict[str, tuple[int, ...]] | None = None, 
     if has_qdq(model):
         model, pre = strip(model, path)
         model = settle(model, Path(path), fresh=True)
+    cle_info = None
+    if cross_layer and pre is None:  # a pre-quantized model's int8 weights are kept as they are
+        model, cle_info = cle.equalize_model(model)
     plan = plan_quantization(model, exclude_ops, exclude_nodes)
     if pre is not None:
         plan = restrict_plan(plan, set(pre.weights))
     if every_tensor:
         plan.cache_only = [t for t in float_activations(model) if t not in set(plan.activations)]
-    return PreparedModel(Path(path), model, specs, plan, folded, prequantized=pre)
+    return PreparedModel(Path(path), model, specs, plan, folded, prequantized=pre, cross_layer=cle_info)
 
 
 def prepare_job(job: Job) -> PreparedModel:
     """The job's model, prepared, with its batch sizes checked and something to quantize."""
     q = job.quantization
     prepared = prepare(job.model, job.input_shapes, q.exclude_ops, q.exclude_nodes, job.inputs,
-                       job.calibrates_every_tensor())
+                       job.calibrates_every_tensor(), q.cross_layer_equalization)
     prepared.check_batch_sizes(job.batch_sizes())
     prepared.require_quantizable()
     if job.calibration is None and prepared.prequantized is None:

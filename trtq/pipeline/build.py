@@ -7,16 +7,18 @@ to the report — the only module that knows that order.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnx
 
-from ..artifacts import CACHE, EQUALIZATION, MEANS, ORT_ENGINE, QDQ_MODEL, RANGES, staged_output, write_atomic
+from ..artifacts import ADAROUND, CACHE, EQUALIZATION, MEANS, ORT_ENGINE, QDQ_MODEL, RANGES, staged_output, write_atomic
 from ..calib.cache import cache_text
 from ..calib.calibrate import Calibration, calibrate
 from ..calib.channels import equalize_channels
+from ..calib.layer_inputs import collect_rows
 from ..calib.shards import ShardMap
 from ..data.sources import batches, open_source
 from ..engine import onnxruntime as ort_engine
@@ -26,6 +28,7 @@ from ..job import Job
 from ..model.prepare import PreparedModel, prepare_job
 from ..model.prequant import tensorrt_form
 from ..progress import Progress
+from ..quant.adaround import learn_plan, save_fixed
 from ..quant.precision import cast_nodes_fp16
 from ..quant.qdq import insert_qdq
 from ..quant.weights import QMAX_BY_BITS
@@ -94,14 +97,45 @@ def _tensorrt_engine(job: Job, prepared: PreparedModel, cal: Calibration, stage:
     return engine
 
 
+class LearnedRounding:
+    """AdaRound's fixed weights per weight range (qmax), learned on first use from one sample of
+    layer inputs; ``info`` is the report's summary."""
+
+    def __init__(self, job: Job, prepared: PreparedModel, cal: Calibration, progress: Progress):
+        self.job, self.prepared, self.cal, self.progress = job, prepared, cal, progress
+        self.rows: dict | None = None
+        self.learned: dict[int, dict] = {}
+        self.info: dict = {}
+
+    def __call__(self, qmax: int) -> dict:
+        q = self.job.quantization
+        if qmax not in self.learned:
+            t0 = time.perf_counter()
+            if self.rows is None:
+                self.rows = collect_rows(self.prepared, self.job.calibration, self.prepared.plan.nodes,
+                                         q.adaround_samples, progress=self.progress)
+            fixed, info = learn_plan(self.prepared.model, self.prepared.plan, self.rows, self.cal.ranges, qmax,
+                                     q.weight_method, q.adaround_iterations)
+            self.learned[qmax] = fixed
+            self.info[str(qmax)] = {**info, "seconds": round(time.perf_counter() - t0, 2)}
+            self.progress.note(f"adaround (qmax {qmax}): {info['layers']} layer(s), reconstruction error "
+                               f"{info['error_vs_nearest']:.2f}x nearest rounding's")
+        return self.learned[qmax]
+
+
 def _ort_engine(job: Job, prepared: PreparedModel, cal: Calibration, means, stage: Path, cpu: dict,
-                progress: Progress) -> tuple[dict, onnx.ModelProto]:
+                progress: Progress, rounding: LearnedRounding | None = None) -> tuple[dict, onnx.ModelProto]:
     q = job.quantization
     bits = ort_engine.weight_bits(q.weight_bits, cpu)
     if q.weight_bits == "auto" and bits == 7:
         progress.note("CPU without VNNI: ONNX Runtime engine uses 7-bit weights to avoid int16 saturation "
                       "(quantization.weight_bits overrides)")
-    fixed = prequantized.fixed_weights(prepared.prequantized) if prepared.prequantized else None
+    if prepared.prequantized is not None:
+        fixed = prequantized.fixed_weights(prepared.prequantized)
+    else:
+        fixed = rounding(QMAX_BY_BITS[bits]) if rounding is not None else None
+        if fixed is not None:
+            save_fixed(stage / ADAROUND, fixed)
     qdq = insert_qdq(prepared.model, prepared.plan, cal.ranges, "onnxruntime", QMAX_BY_BITS[bits], q.weight_method,
                      means, fixed_weights=fixed, weight_granularity=q.weights)
     kernels = ort_engine.build_engine(qdq, stage / ORT_ENGINE)
@@ -109,15 +143,16 @@ def _ort_engine(job: Job, prepared: PreparedModel, cal: Calibration, means, stag
             "optimized_for": cpu}, qdq
 
 
-def _tensorrt_qdq(job: Job, prepared: PreparedModel, cal: Calibration, means, excluded: list[str]
-                  ) -> tuple[onnx.ModelProto, bool]:
+def _tensorrt_qdq(job: Job, prepared: PreparedModel, cal: Calibration, means, excluded: list[str],
+                  rounding: LearnedRounding | None) -> tuple[onnx.ModelProto, bool]:
     """``model.int8.onnx`` and whether its kept layers are FP16: a pre-quantized model's own Q/DQ
-    as TensorRT takes it, else trtq's TensorRT placement."""
+    as TensorRT takes it, else trtq's TensorRT placement (with AdaRound's weights, if asked for)."""
     q = job.quantization
     if prepared.prequantized is not None:
         return tensorrt_form(prepared.prequantized, q.convert_asymmetric), False
     qdq = insert_qdq(prepared.model, prepared.plan, cal.ranges, "tensorrt", weight_method=q.weight_method,
-                     input_means=means, weight_granularity=q.weights)
+                     input_means=means, fixed_weights=rounding(127) if rounding else None,
+                     weight_granularity=q.weights)
     fp16 = q.target == "tensorrt" and q.keep_precision == "fp16" and bool(excluded)
     return (cast_nodes_fp16(qdq, excluded) if fp16 else qdq), fp16
 
@@ -135,6 +170,14 @@ def evaluate_build(job: Job, prepared: PreparedModel, folder: Path, engine: dict
                                  folder, engine, progress)
     int8 = ort_engine.load_engine(folder / engine["path"], threads=job.evaluation.latency.threads)
     return evaluate(prepared, job.evaluation, qdq, int8, progress)
+
+
+def cle_note(info: dict) -> str:
+    """One line on what cross-layer equalization did and what it left."""
+    left = sum(info["skipped"].values())
+    why = "; ".join(f"{n}: {reason}" for reason, n in list(info["skipped"].items())[:3])
+    return (f"cross-layer equalization: {info['pairs']} Conv pair(s) equalized in {info['sweeps']} sweep(s)"
+            + (f"; {left} Conv input(s) left ({why})" if left else ""))
 
 
 def _equalize(job: Job, prepared: PreparedModel, progress: Progress) -> tuple[PreparedModel, list[dict]]:
@@ -168,6 +211,8 @@ def build(job: Job, out_root: Path | None = None, progress: Progress | None = No
     prequantized.check_target(job, prepared)
     for node in prepared.folded:
         progress.note(f"{node}: replaced by the branch the job's constant inputs select")
+    if prepared.cross_layer is not None:
+        progress.note(cle_note(prepared.cross_layer))
     for node, count in prepared.plan.in_subgraphs.items():
         progress.note(f"{count} weighted op(s) inside the subgraphs of {node} stay FP32: trtq does not quantize "
                       "inside control flow")
@@ -193,13 +238,14 @@ def build(job: Job, out_root: Path | None = None, progress: Progress | None = No
             means = cal.means
             arrays = dict(sorted(means.items()))  # same bytes whether collected or reused
             write_atomic(stage / MEANS, lambda tmp: np.savez(tmp, **arrays))
+        rounding = LearnedRounding(job, prepared, cal, progress) if q.adaround else None
         excluded = [node for node, _ in prepared.plan.excluded]
-        trt_qdq, fp16 = _tensorrt_qdq(job, prepared, cal, means, excluded)
+        trt_qdq, fp16 = _tensorrt_qdq(job, prepared, cal, means, excluded, rounding)
         write_atomic(stage / QDQ_MODEL, lambda tmp: onnx.save(trt_qdq, str(tmp)))
         if q.target == "tensorrt":
             engine, eval_qdq = _tensorrt_engine(job, prepared, cal, stage, excluded, progress, why_not), trt_qdq
         else:
-            engine, eval_qdq = _ort_engine(job, prepared, cal, means, stage, cpu, progress)
+            engine, eval_qdq = _ort_engine(job, prepared, cal, means, stage, cpu, progress, rounding)
         quantization = {"target": q.target, "quantized_nodes": len(prepared.plan.nodes),
                         "weight_method": q.weight_method, "weights": q.weights, "bias_correction": means is not None,
                         "excluded": [list(k) for k in prepared.plan.excluded],
@@ -207,6 +253,8 @@ def build(job: Job, out_root: Path | None = None, progress: Progress | None = No
                         "activation_tensors": len(prepared.plan.activations),
                         "in_subgraphs": prepared.plan.in_subgraphs,
                         "equalized": {t: int((s > 1).sum()) for t, s in prepared.equalized.items()},
+                        "cross_layer_equalization": prepared.cross_layer,
+                        "adaround": rounding.info if rounding else None,
                         "narrow_channels": narrow}
         if pre is not None:
             quantization["prequantized"] = pre

@@ -30,9 +30,9 @@ def check_target(job: Job, prepared: PreparedModel) -> None:
     pq, q = prepared.prequantized, job.quantization
     if pq is None:
         return
-    if q.weights != "per_channel" or q.weight_method != "max":
-        raise JobError(f"{job.model}: quantization.weights/weight_method: this model's weights are already quantized "
-                       "and are kept as they are; remove those keys")
+    if q.weights != "per_channel" or q.weight_method != "max" or q.adaround or q.cross_layer_equalization:
+        raise JobError(f"{job.model}: quantization.weights/weight_method/adaround/cross_layer_equalization: this "
+                       "model's weights are already quantized and are kept as they are; remove those keys")
     if q.target != "tensorrt":
         return
     if job.tensorrt.mode == "implicit":

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from ..artifacts import EQUALIZATION, MEANS, QDQ_MODEL, RANGES, REPORT_JSON
+from ..artifacts import ADAROUND, EQUALIZATION, MEANS, QDQ_MODEL, RANGES, REPORT_JSON
 from ..calib.channels import with_scales
 from ..calib.ranges import Range
 from ..errors import JobError
@@ -17,6 +17,7 @@ from ..job import Job
 from ..model.prepare import prepare
 from ..model.prequant import restrict_plan
 from ..progress import Progress
+from ..quant.adaround import load_fixed
 from ..quant.qdq import insert_qdq
 from ..quant.weights import QMAX_BY_BITS
 from ..report.assemble import add_evaluation
@@ -34,7 +35,10 @@ def _ort_qdq(prepared, folder: Path, report: dict, ranges_doc: dict) -> onnx.Mod
     if (folder / MEANS).is_file():
         with np.load(folder / MEANS) as z:
             means = {k: z[k] for k in z.files}
-    fixed = fixed_weights(prepared.prequantized) if prepared.prequantized is not None else None
+    if prepared.prequantized is not None:
+        fixed = fixed_weights(prepared.prequantized)
+    else:
+        fixed = load_fixed(folder / ADAROUND) if (folder / ADAROUND).is_file() else None  # learned rounding
     return insert_qdq(prepared.model, prepared.plan, ranges, "onnxruntime", qmax,
                       report["quantization"].get("weight_method", "max"), means, fixed_weights=fixed,
                       weight_granularity=report["quantization"].get("weights", "per_channel"))
@@ -51,7 +55,8 @@ def reevaluate(job: Job, out_root: Path | None = None, progress: Progress | None
     report = json.loads((folder / REPORT_JSON).read_text())
     ranges_doc = json.loads((folder / RANGES).read_text())
     q = job.quantization
-    prepared = prepare(job.model, job.input_shapes, q.exclude_ops, q.exclude_nodes, job.inputs)
+    prepared = prepare(job.model, job.input_shapes, q.exclude_ops, q.exclude_nodes, job.inputs,
+                       cross_layer=bool(report["quantization"].get("cross_layer_equalization")))
     if (folder / EQUALIZATION).is_file():  # the build equalized the model: evaluate that model
         with np.load(folder / EQUALIZATION) as z:
             prepared = with_scales(prepared, {k: z[k] for k in z.files}, q.exclude_ops, q.exclude_nodes)

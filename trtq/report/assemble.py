@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 
 from .. import __version__
-from ..artifacts import (CACHE, EQUALIZATION, LATENCY_PNG, MEANS, PER_LAYER_PNG, PLAN_META, QDQ_MODEL, RANGES, REPORT_JSON,
+from ..artifacts import (ADAROUND, CACHE, EQUALIZATION, LATENCY_PNG, MEANS, PER_LAYER_PNG, PLAN_META, QDQ_MODEL, RANGES, REPORT_JSON,
                          REPORT_MD, TRT_CACHE)
 from ..job import Job
 from ..model.prepare import PreparedModel
@@ -82,6 +82,7 @@ def _document(job: Job, prepared: PreparedModel, calibration: dict, quantization
         "engine": engine,
         "artifacts": [QDQ_MODEL, CACHE, RANGES] + ([MEANS] if quantization["bias_correction"] else [])
                      + ([EQUALIZATION] if prepared.equalized else [])
+                     + ([ADAROUND] if quantization.get("adaround") else [])
                      + engine_files(engine) + [REPORT_JSON, REPORT_MD],
     }
 
