@@ -19,7 +19,9 @@ from ..errors import JobError, ModelError
 from ..job import InputOptions, Job
 from .controlflow import fold_constant_ifs
 from .load import InputSpec, float_activations, input_specs, load_model, output_names, settle
+from .placement import ort_placement
 from .plan import QuantPlan, name_nodes, plan_quantization
+from .simplify import simplify
 
 
 @dataclass
@@ -30,6 +32,7 @@ class PreparedModel:
     plan: QuantPlan
     folded: list[str] = field(default_factory=list)  # If nodes replaced by the branch a constant input chose
     equalized: dict[str, np.ndarray] = field(default_factory=dict)  # tensor → channel scales (model/equalize.py)
+    rewrites: dict[str, list[str]] = field(default_factory=dict)  # model/simplify.py: step → nodes folded or made
 
     @property
     def outputs(self) -> list[str]:
@@ -79,11 +82,12 @@ def _with_constant(spec: InputSpec, value) -> InputSpec:
 
 def prepare(path: Path, input_shapes: dict[str, tuple[int, ...]] | None = None, exclude_ops=(),
             exclude_nodes=(), inputs: dict[str, InputOptions] | None = None,
-            every_tensor: bool = False) -> PreparedModel:
+            every_tensor: bool = False, for_onnxruntime: bool = False) -> PreparedModel:
     """Load ``path`` and plan its quantization (errors name the file, or the job key).
     ``inputs``: the job's ``inputs`` section (batch axes, constant inputs). ``every_tensor``:
     calibrate every FP32 tensor of the network, as TensorRT's implicit INT8 wants in its cache,
-    besides the tensors Q/DQ goes on."""
+    besides the tensors Q/DQ goes on. ``for_onnxruntime``: plan the ONNX Runtime flavour's own
+    placement too (its extra tensors are calibrated)."""
     inputs = inputs or {}
     axes = {k: v.batch_axis for k, v in inputs.items()}
     model = load_model(path, input_shapes, axes)
@@ -94,17 +98,20 @@ def prepare(path: Path, input_shapes: dict[str, tuple[int, ...]] | None = None, 
     if folded:
         model = settle(model, Path(path), fresh=True)
     name_nodes(model)
+    model, rewrites = simplify(model, Path(path))
     plan = plan_quantization(model, exclude_ops, exclude_nodes)
     if every_tensor:
         plan.cache_only = [t for t in float_activations(model) if t not in set(plan.activations)]
-    return PreparedModel(Path(path), model, specs, plan, folded)
+    if for_onnxruntime:
+        plan.ort = ort_placement(model, {q.node for q in plan.nodes}, {*exclude_ops, *exclude_nodes})
+    return PreparedModel(Path(path), model, specs, plan, folded, rewrites=rewrites)
 
 
 def prepare_job(job: Job) -> PreparedModel:
     """The job's model, prepared, with its batch sizes checked and something to quantize."""
     q = job.quantization
     prepared = prepare(job.model, job.input_shapes, q.exclude_ops, q.exclude_nodes, job.inputs,
-                       job.calibrates_every_tensor())
+                       job.calibrates_every_tensor(), q.target == "onnxruntime")
     prepared.check_batch_sizes(job.batch_sizes())
     prepared.require_quantizable()
     return prepared

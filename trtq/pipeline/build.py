@@ -39,7 +39,8 @@ class BuildResult:
     report: dict  # report.json's document
 
 
-def write_ranges(folder: Path, cal: Calibration, model_sha: str, job: Job, tensorrt_version: str | None) -> dict:
+def write_ranges(folder: Path, cal: Calibration, model_sha: str, job: Job, tensorrt_version: str | None,
+                 trt_tensors: list[str]) -> dict:
     """``ranges.json`` and ``calibration.cache`` of a calibration; the cache header's version is the
     job's, else that of ``tensorrt_version`` (the installed TensorRT), else trtq's default — which
     one goes into the report's ``calibration.cache_header``."""
@@ -52,7 +53,10 @@ def write_ranges(folder: Path, cal: Calibration, model_sha: str, job: Job, tenso
     }
     write_atomic(folder / RANGES, json.dumps(doc, indent=2) + "\n")
     version, origin = trt_engine.cache_version(job.calibrator, tensorrt_version)
-    write_atomic(folder / CACHE, cache_text(cal.ranges, version, job.calibrator.cache_algorithm))
+    # the cache holds what TensorRT reads: not the tensors only the ONNX Runtime flavour quantizes
+    keep = set(trt_tensors)
+    trt_ranges = {t: r for t, r in cal.ranges.items() if t in keep}
+    write_atomic(folder / CACHE, cache_text(trt_ranges, version, job.calibrator.cache_algorithm))
     return {"header": f"TRT-{version}-{job.calibrator.cache_algorithm}", "from": origin}
 
 
@@ -164,7 +168,8 @@ def build(job: Job, out_root: Path | None = None, progress: Progress | None = No
         if prepared.equalized:
             np.savez(stage / EQUALIZATION, **dict(sorted(prepared.equalized.items())))
         cal = calibrate(prepared, job.calibration, job.calibrator, progress, root, reuse, shard_map)
-        cal.info["cache_header"] = write_ranges(stage, cal, prepared.sha256, job, trt_version)
+        cal.info["cache_header"] = write_ranges(stage, cal, prepared.sha256, job, trt_version,
+                                                prepared.plan.trt_tensors)
         means = None
         if q.bias_correction:
             means = cal.means

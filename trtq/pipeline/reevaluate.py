@@ -46,7 +46,8 @@ def reevaluate(job: Job, out_root: Path | None = None, progress: Progress | None
     report = json.loads((folder / REPORT_JSON).read_text())
     ranges_doc = json.loads((folder / RANGES).read_text())
     q = job.quantization
-    prepared = prepare(job.model, job.input_shapes, q.exclude_ops, q.exclude_nodes, job.inputs)
+    prepared = prepare(job.model, job.input_shapes, q.exclude_ops, q.exclude_nodes, job.inputs,
+                       for_onnxruntime=q.target == "onnxruntime")
     if (folder / EQUALIZATION).is_file():  # the build equalized the model: evaluate that model
         with np.load(folder / EQUALIZATION) as z:
             prepared = with_scales(prepared, {k: z[k] for k in z.files}, q.exclude_ops, q.exclude_nodes)

@@ -176,12 +176,12 @@ def insert_qdq(model: onnx.ModelProto, plan: QuantPlan, ranges: dict[str, Range]
     ``input_means`` (tensor → per-channel mean of a weighted op's input) turns on bias
     correction: each bias absorbs the mean shift its layer's weight quantization causes."""
     pol = get_policy(flavor)
-    missing = [a for a in plan.activations if a not in ranges]
+    missing = [a for a in pol.tensors(plan) if a not in ranges]
     if missing:
         raise JobError(f"no calibrated range for tensor(s) {', '.join(missing[:5])}; recalibrate")
     out = onnx.ModelProto()
     out.CopyFrom(model)
-    g = _QDQGraph(out, ranges, pol)
+    g = _QDQGraph(out, pol.ranges(plan, ranges), pol)
     by_node = {q.node: q for q in plan.nodes}
     extra_inputs = pol.add_inputs(plan)
     for original in list(out.graph.node):
