@@ -178,9 +178,9 @@ def _region(g: _Graph, x: str, order: dict[str, int]) -> list[onnx.NodeProto]:
 
 
 def _close(g: _Graph, x: str, nodes: list[onnx.NodeProto]) -> list[onnx.NodeProto] | None:
-    """The shortest prefix of ``nodes`` (still in order) that has one output and a gate, trimmed to
-    what that output depends on; None when there is none."""
-    for end in range(len(nodes)):
+    """The longest prefix of ``nodes`` (still in order) that has one output and a gate, trimmed to
+    what that output depends on (GELU's tanh form holds a shorter gate, ``x + k·x³``); None when there is none."""
+    for end in reversed(range(len(nodes))):
         out = nodes[end].output[0]
         keep = _needed(nodes[:end + 1], out)
         inside = {t for n in keep for t in n.output}
