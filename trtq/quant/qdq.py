@@ -4,7 +4,9 @@ Placement (TensorRT's documented rules, ``tensorrt-int8-facts.md`` §5): a Quant
 DequantizeLinear pair on the *inputs* of weighted ops (Conv, ConvTranspose, Gemm, MatMul with
 a constant B) — the activation per-tensor, the weight per-channel, stored int8 behind a DQ —
 and nothing on their outputs; residual Adds and pooling inputs as the flavour's
-:class:`~trtq.quant.policy.Policy` says. One pair per activation tensor, shared by all its
+:class:`~trtq.quant.policy.Policy` says. The ONNX Runtime flavour of a plan that has its own
+placement (:mod:`trtq.model.placement`) puts pairs on the tensors it names instead, read
+through the DQ by the readers it names. One pair per activation tensor, shared by all its
 quantized consumers. Everything a flavour changes (activation dtype and zero point, Add
 inputs, int32 bias) is decided by its policy, not here.
 """

@@ -1,0 +1,289 @@
+"""Every real model in ../shared/models through trtq's ONNX Runtime engine and through ONNX
+Runtime's own quantizer, on each model's own data, in one run.
+
+    python bench/zoo.py [--iterations 30] [--only ppocr_det,...]
+
+Per model: its job in configs/ (configs/real/*.yaml, configs/efficientnet_lite0.yaml,
+configs/mnist.yaml) calibrates; the data is generated where none ships — rendered pages, lines
+and rotated lines (examples/ocr_data.py, into data/ocr) for the PP-OCR models, a synthetic speech
+stream with the state fed back (examples/vad_data.py) for silero-vad — and ImageNet photos /
+MNIST digits from ../shared/data for the classifiers. The same calibration samples go to
+``onnxruntime.quantization.quantize_static`` (QDQ, activations QUInt8, weights QInt8, every other
+setting its default).
+
+Reported: weighted ops and how many run as INT8 kernels in ONNX Runtime's optimized graph,
+batch-1 median latency of the FP32 model as exported, trtq's INT8 engine and quantize_static's
+model (timed interleaved in one process, under ``flock /tmp/trtq-bench.lock``), the speed-up
+over FP32, output SQNR against FP32 and a task metric: DBNet mask IoU at 0.3, CTC greedy strings
+identical to FP32's, top-1 agreement, speech decisions at 0.5 agreeing. Writes bench/results/zoo.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import os
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from _common import IMAGES, ROOT, SHARED, missing_shared, publish  # noqa: E402 (puts the repository on sys.path)
+
+sys.path.insert(0, str(ROOT / "examples"))
+
+from trtq.engine.onnxruntime import count_kernels  # noqa: E402
+from trtq.evaluation.metrics import sqnr_db  # noqa: E402
+from trtq.runtime.onnxruntime import cpu_info  # noqa: E402
+
+OCR = ROOT / "data" / "ocr"
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    config: Path
+    metric: str  # mask_iou, ctc, top1, vad
+    overrides: tuple[str, ...] = ()
+    eval_samples: int = 64
+
+
+ENTRIES = [
+    Entry("ppocr_det", ROOT / "configs/real/ppocr_det.yaml", "mask_iou", eval_samples=16),
+    Entry("ppocr_rec", ROOT / "configs/real/ppocr_rec.yaml", "ctc"),
+    Entry("ppocr_cls", ROOT / "configs/real/ppocr_cls.yaml", "top1"),
+    Entry("silero_vad", ROOT / "configs/real/silero_vad.yaml", "vad", eval_samples=750),
+    Entry("silero_vad_op15", ROOT / "configs/real/silero_vad_op15.yaml", "vad", eval_samples=750),
+    Entry("efficientnet_lite0", ROOT / "configs/efficientnet_lite0.yaml", "top1",
+          (f"model={SHARED / 'models' / 'efficientnet_lite0.onnx'}", f"calibration.path={IMAGES}",
+           "calibration.max_samples=100", f"evaluation.path={IMAGES}", "evaluation.skip=100"), eval_samples=200),
+    Entry("mnist", ROOT / "configs/mnist.yaml", "top1", eval_samples=1000),
+]
+
+
+# -- task metrics (small on purpose: trtq.evaluation may grow its own) -------------------------
+def _ctc(probs: np.ndarray) -> list[tuple[int, ...]]:
+    """Greedy CTC decode of [N, T, classes]: argmax, repeats collapsed, blanks (0) dropped."""
+    out = []
+    for seq in probs.argmax(-1):
+        keep = [int(c) for i, c in enumerate(seq) if c != 0 and (i == 0 or c != seq[i - 1])]
+        out.append(tuple(keep))
+    return out
+
+
+def task_metric(kind: str, ref: list[np.ndarray], got: list[np.ndarray]) -> tuple[str, float]:
+    """(the metric's label, its value in %) of ``got`` against FP32's ``ref`` (first outputs, per batch)."""
+    r, g = np.concatenate(ref), np.concatenate(got)
+    if kind == "mask_iou":
+        a, b = r > 0.3, g > 0.3
+        return "mask IoU @0.3", 100.0 * float((a & b).sum()) / max(1, int((a | b).sum()))
+    if kind == "ctc":
+        return "strings = FP32", 100.0 * float(np.mean([x == y for x, y in zip(_ctc(r), _ctc(g))]))
+    if kind == "vad":
+        return "speech @0.5 agree", 100.0 * float(np.mean((r > 0.5) == (g > 0.5)))
+    return "top-1 agree", 100.0 * float(np.mean(r.reshape(len(r), -1).argmax(1) == g.reshape(len(g), -1).argmax(1)))
+
+
+# -- data ---------------------------------------------------------------------------------------
+def ensure_ocr_data() -> None:
+    if not (OCR / "pages").is_dir():
+        import ocr_data
+        ocr_data.write(OCR, 16, 64)
+
+
+def _job(entry: Entry):
+    from trtq.job import load_job
+    return load_job(entry.config, list(entry.overrides))
+
+
+def feeds_of(prepared, spec, section: str, limit: int | None) -> list[dict[str, np.ndarray]]:
+    """The batches of ``spec`` as feeds, constant inputs (silero's ``sr``) included."""
+    from trtq.data.sources import batches, open_source
+    consts = {s.name: s.constant for s in prepared.inputs if s.constant is not None}
+    out = []
+    for b in batches(open_source(spec, prepared.inputs, section), prepared.inputs, spec.batch_size, section,
+                     spec.skip, limit):
+        out.append({**b.feeds, **consts})
+    return out
+
+
+class _Reader:
+    """quantize_static's CalibrationDataReader over trtq's calibration feeds."""
+
+    def __init__(self, feeds: list[dict[str, np.ndarray]], names: set[str]):
+        self.items = iter([{k: v for k, v in f.items() if k in names} for f in feeds])
+
+    def get_next(self):
+        return next(self.items, None)
+
+
+def ort_quantize(model_path: Path, feeds: list[dict], out: Path) -> tuple[Path | None, str]:
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+    names = {i.name for i in onnx.load(str(model_path), load_external_data=False).graph.input}
+    try:
+        quantize_static(str(model_path), str(out), _Reader(feeds, names), quant_format=QuantFormat.QDQ,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    except Exception as exc:  # noqa: BLE001 - the table says why this tool produced nothing
+        return None, f"quantize_static failed: {type(exc).__name__}: {str(exc).splitlines()[0][:80]}"
+    return out, ""
+
+
+# -- running ------------------------------------------------------------------------------------
+def _session(model, optimize: bool = True, threads: int = 2, optimized_path: Path | None = None):
+    import onnxruntime as ort
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.intra_op_num_threads = threads
+    # sessions timed in turn: an idle pool spinning for work would take the cores from the next one
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if not optimize:
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    if optimized_path is not None:
+        so.optimized_model_filepath = str(optimized_path)
+    data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
+    return ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
+
+
+def _outputs(sess, feeds: list[dict]) -> list[np.ndarray]:
+    names = {i.name for i in sess.get_inputs()}
+    return [sess.run(None, {k: v for k, v in f.items() if k in names})[0] for f in feeds]
+
+
+@contextmanager
+def bench_lock():
+    with open("/tmp/trtq-bench.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        yield
+
+
+def batch_one(feeds: dict, prepared) -> dict:
+    axes = {s.name: s.batch_axis for s in prepared.inputs}
+    return {k: (np.take(v, [0], axis=axes[k]) if axes.get(k) is not None else v) for k, v in feeds.items()}
+
+
+def latencies(sessions: list, feed: dict, iterations: int) -> list[float]:
+    """Median batch-1 latency (ms) of each session, timed interleaved."""
+    feeds = [{k: v for k, v in feed.items() if k in {i.name for i in s.get_inputs()}} for s in sessions]
+    for s, f in zip(sessions, feeds):
+        for _ in range(3):
+            s.run(None, f)
+    times = [[] for _ in sessions]
+    for _ in range(iterations):
+        for k, (s, f) in enumerate(zip(sessions, feeds)):
+            t0 = time.perf_counter()
+            s.run(None, f)
+            times[k].append(time.perf_counter() - t0)
+    return [1000 * float(np.median(t)) for t in times]
+
+
+def weighted_total(prepared) -> int:
+    return len(prepared.plan.nodes) + len(prepared.plan.excluded) + sum(prepared.plan.in_subgraphs.values())
+
+
+def run_entry(entry: Entry, iterations: int, tmp: Path) -> dict:
+    from trtq.pipeline.build import build
+    job = _job(entry)
+    result = build(job.model_copy(update={"evaluation": None}), tmp)
+    prepared = _prepared(job)
+    calib = feeds_of(prepared, job.calibration, "calibration", job.calibration.max_samples)
+    evaluation = feeds_of(prepared, job.evaluation, "evaluation", entry.eval_samples)
+    fp32 = _session(job.model)
+    trtq_sess = _session(result.out_dir / "engine.ort.onnx", optimize=False)
+    ort_path, why = ort_quantize(job.model, calib, tmp / f"{entry.name}.ort_qdq.onnx")
+    ort_sess = _session(ort_path, optimized_path=tmp / f"{entry.name}.ort_opt.onnx") if ort_path else None
+    ref = _outputs(fp32, evaluation)
+    row = {"name": entry.name, "weighted": weighted_total(prepared), "kernels": result.report["engine"]["kernels"],
+           "ort_why": why, "rewrites": {k: len(v) for k, v in prepared.rewrites.items()}}
+    for key, sess in (("trtq", trtq_sess), ("ort", ort_sess)):
+        if sess is None:
+            continue
+        got = _outputs(sess, evaluation)
+        row[key] = {"sqnr": sqnr_db(np.concatenate(ref), np.concatenate(got)),
+                    "metric": task_metric(entry.metric, ref, got)}
+    if ort_sess is not None:
+        row["ort_kernels"] = count_kernels(onnx.load(str(tmp / f"{entry.name}.ort_opt.onnx")))
+    one = batch_one(evaluation[0], prepared)
+    sessions = [fp32, _session(prepared.model), trtq_sess] + ([ort_sess] if ort_sess else [])
+    with bench_lock():
+        row["ms"] = latencies(sessions, one, iterations)
+    return row
+
+
+def _prepared(job):
+    from trtq.model.prepare import prepare_job
+    return prepare_job(job)
+
+
+# -- the table ----------------------------------------------------------------------------------
+def _cell(k: dict | None, total: int) -> str:
+    return f"{k['int8_weighted']}/{total}" if k else "—"
+
+
+def table(rows: list[dict], cpu: str, iterations: int) -> str:
+    head = ("| model | weighted ops | INT8 kernels trtq | INT8 kernels ORT | FP32 ms | FP32 folded ms | trtq ms "
+            "| ORT ms | trtq speed-up | ORT speed-up | SQNR trtq / ORT (dB) | task metric | trtq | ORT |")
+    lines = ["# The real-model zoo: trtq's ONNX Runtime engine against `quantize_static`\n",
+             f"CPU: {cpu}; onnxruntime {_ort_version()}, 2 intra-op threads, batch 1, median of {iterations} "
+             "interleaved runs (FP32 as exported, FP32 after trtq's FP32-identical preparation, trtq INT8, "
+             "quantize_static QDQ U8S8 defaults). Speed-up = FP32 as exported / INT8.\n",
+             "Command: `flock /tmp/trtq-bench.lock python bench/zoo.py` (the timing section takes the lock itself).\n",
+             head, "|" + "---|" * 14]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['name']} | {r['error']} |" + " |" * 12)
+            continue
+        ms = r["ms"]
+        ort_ms = ms[3] if len(ms) > 3 else None
+        t, o = r.get("trtq"), r.get("ort")
+        label = t["metric"][0] if t else ""
+        lines.append(
+            f"| {r['name']} | {r['weighted']} | {_cell(r['kernels'], r['weighted'])} | "
+            f"{_cell(r.get('ort_kernels'), r['weighted']) if o else r['ort_why']} | {ms[0]:.2f} | {ms[1]:.2f} | "
+            f"{ms[2]:.2f} | {f'{ort_ms:.2f}' if ort_ms else '—'} | {ms[0] / ms[2]:.2f}× | "
+            f"{f'{ms[0] / ort_ms:.2f}×' if ort_ms else '—'} | {t['sqnr']:.1f} / {o['sqnr'] if o else float('nan'):.1f} | "
+            f"{label} | {t['metric'][1]:.1f} % | {f'{o[1]:.1f} %' if (o := (o or {}).get('metric')) else '—'} |")
+    lines.append("\nFP32-identical preparation per model (nodes folded or made): "
+                 + "; ".join(f"{r['name']}: {r.get('rewrites') or 'none'}" for r in rows if "error" not in r) + "\n")
+    return "\n".join(lines) + "\n"
+
+
+def _ort_version() -> str:
+    import onnxruntime
+    return onnxruntime.__version__
+
+
+def _cpu() -> str:
+    info = cpu_info()
+    return f"{info['cpu']}, {os.cpu_count()} cores, {'AVX-512 VNNI' if info['vnni'] else 'no VNNI (AVX2)'}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--iterations", type=int, default=30)
+    ap.add_argument("--only", default="", help="comma-separated model names")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "zoo.md")
+    args = ap.parse_args()
+    if missing_shared(SHARED / "models", IMAGES):
+        return
+    ensure_ocr_data()
+    only = set(filter(None, args.only.split(",")))
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for entry in ENTRIES:
+            if only and entry.name not in only:
+                continue
+            print(f"… {entry.name}", file=sys.stderr)
+            try:
+                rows.append(run_entry(entry, args.iterations, Path(tmp)))
+            except Exception as exc:  # noqa: BLE001 - one model's failure is a row, not the end of the table
+                rows.append({"name": entry.name, "error": f"failed: {type(exc).__name__}: {str(exc)[:100]}"})
+    publish(table(rows, _cpu(), args.iterations), args.out)
+
+
+if __name__ == "__main__":
+    main()
