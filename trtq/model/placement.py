@@ -16,6 +16,11 @@ when its producer or one of its readers is an op with an INT8 kernel on the CPU 
   the same scale, so their outputs take their input's range (``shared``);
 * ``Relu``/``Clip`` right after such an op fold into its output Q: the tensor between them stays float.
 
+A tensor all of whose readers saturate outside an interval (HardSwish below -3, HardSigmoid
+outside [-β/α, (1-β)/α], Clip, Relu, Sigmoid beyond ±8, Tanh beyond ±4) has its uint8 range
+narrowed to it (``saturates``): the values cut off change no reader's output, and the rest get a
+finer step.
+
 Everything else — HardSigmoid, Div, Pow, Sqrt, normalizations, the gated activation units of
 :mod:`trtq.model.activations` as a whole — stays float, with a pair only where a neighbour is INT8.
 A tensor whose producer is INT8 is read through its DQ by every reader (a float reader of the
@@ -28,6 +33,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import onnx
+from onnx import helper, numpy_helper
 
 from .activations import ELEMENTWISE, activation_units
 from .fold import consumers
@@ -37,6 +43,7 @@ BINARY = ("Add", "Mul")
 INT8_OPS = ("Concat", "Sigmoid", "LeakyRelu", "GlobalAveragePool", "AveragePool")
 SAME_SCALE = ("MaxPool", "Resize", "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze")
 FOLDS_INTO_Q = ("Relu", "Clip")
+BACKWARD = True
 FLOAT_OUTPUT_OK = ("MatMul", "Gemm")  # weighted ops ORT runs in INT8 with a float output
 # float readers worth a Q on a Conv's output: elementwise activations between INT8 convolutions
 FLOAT_READERS = ELEMENTWISE | {"HardSwish", "LeakyRelu", "Elu", "Selu", "Softplus", "Mish", "Gelu"}
@@ -49,6 +56,8 @@ class OrtPlacement:
     tensors: list[str]  # every tensor with a Q/DQ pair, in graph order
     readers: dict[str, set[str]]  # node → its inputs read through the DQ
     shared: dict[str, str] = field(default_factory=dict)  # tensor → the tensor whose range it takes
+    # tensor → (low, high) outside which all its readers saturate: its range is narrowed to that
+    saturates: dict[str, tuple[float, float]] = field(default_factory=dict)
     units: int = 0  # gated activation units kept float as a whole
 
     @property
@@ -87,17 +96,27 @@ class _Graph:
         return (node.op_type in INT8_OPS or node.op_type in SAME_SCALE) and bool(self.data(node))
 
     def _spread(self) -> dict[str, bool]:
-        """Node → INT8, in graph order: weighted ops, and the capable ops that an INT8 tensor
-        reaches (a Concat or Add far from any weighted op — a recurrent state — stays float)."""
-        hot: set[str] = set()
-        out = {}
-        for node in self.nodes:
-            on = node.name in self.weighted or (self.capable(node) and any(t in hot for t in self.data(node)))
-            out[node.name] = on and self.capable(node)
-            folds = node.op_type in FOLDS_INTO_Q and node.input and node.input[0] in hot and \
-                len(self.readers.get(node.input[0], [])) == 1
-            if (out[node.name] and self._quantized_out(node)) or folds:
-                hot.update(node.output)
+        """Node → INT8: weighted ops, the capable ops an INT8 tensor reaches (forward, in graph
+        order), and the capable ops that feed only INT8 ops (backward: their output needs a Q
+        anyway, as in a squeeze-excite block between two convolutions). A Concat or Add that
+        neither reaches — a recurrent state — stays float."""
+        out = {n.name: n.name in self.weighted for n in self.nodes}
+        for _ in range(3):
+            hot: set[str] = set()
+            for node in self.nodes:
+                out[node.name] = out[node.name] or (self.capable(node) and any(t in hot for t in self.data(node)))
+                folds = node.op_type in FOLDS_INTO_Q and node.input and node.input[0] in hot and \
+                    len(self.readers.get(node.input[0], [])) == 1
+                if (out[node.name] and self._quantized_out(node)) or folds:
+                    hot.update(node.output)
+            grew = False
+            for node in reversed(self.nodes):
+                readers = [r for t in node.output for r in self.readers.get(t, [])]
+                if (not out[node.name] and self.capable(node) and readers and BACKWARD
+                        and not self.outputs.intersection(node.output) and all(out[r.name] for r in readers)):
+                    out[node.name] = grew = True
+            if not grew:
+                break
         return out
 
     def _quantized_out(self, node: onnx.NodeProto) -> bool:
@@ -132,6 +151,52 @@ class _Graph:
                 and self.int8(node) and self._quantized_out(node))
 
 
+SIGMOID_EDGE, TANH_EDGE = 8.0, 4.0  # beyond these the output is within 1/1000 of its limit: under half a uint8 step
+
+
+def _saturation(g: _Graph, reader: onnx.NodeProto, tensor: str, values: dict) -> tuple[float, float] | None:
+    """The interval of ``tensor`` outside which ``reader``'s output no longer changes (or changes
+    by less than half a uint8 step), or None."""
+    inf = float("inf")
+    op = reader.op_type
+    if op == "HardSwish":
+        return -3.0, inf
+    if op == "Relu":
+        return 0.0, inf
+    if op == "HardSigmoid":
+        a = {at.name: helper.get_attribute_value(at) for at in reader.attribute}
+        alpha, beta = float(a.get("alpha", 0.2)), float(a.get("beta", 0.5))
+        return (-beta / alpha, (1 - beta) / alpha) if alpha > 0 else None
+    if op == "Clip":
+        bounds = [float(values[i].reshape(-1)[0]) if i in values and values[i].size == 1 else None
+                  for i in list(reader.input[1:3]) + [""] * (3 - len(reader.input))]
+        if (len(reader.input) > 1 and reader.input[1] and bounds[0] is None) or \
+                (len(reader.input) > 2 and reader.input[2] and bounds[1] is None):
+            return None
+        return (bounds[0] if bounds[0] is not None else -inf), (bounds[1] if bounds[1] is not None else inf)
+    if op == "Sigmoid":
+        return -SIGMOID_EDGE, SIGMOID_EDGE
+    if op == "Tanh":
+        return -TANH_EDGE, TANH_EDGE
+    if op == "Mul" and len(reader.input) == 2:  # x · sigmoid(x): below -8 the product is within 3e-3 of 0
+        other = reader.input[1] if reader.input[0] == tensor else reader.input[0]
+        gate = g.producer.get(other)
+        if gate is not None and gate.op_type == "Sigmoid" and gate.input[0] == tensor:
+            return -SIGMOID_EDGE, inf
+    return None
+
+
+def saturation_bounds(g: _Graph, tensors: list[str], values: dict) -> dict[str, tuple[float, float]]:
+    """Tensor → the interval its readers saturate outside, where every reader does."""
+    out = {}
+    for t in tensors:
+        readers = g.readers.get(t, [])
+        spans = [_saturation(g, r, t, values) for r in readers]
+        if readers and t not in g.outputs and all(s is not None for s in spans):
+            out[t] = (min(s[0] for s in spans), max(s[1] for s in spans))
+    return out
+
+
 def ort_placement(model: onnx.ModelProto, weighted: set[str], excluded=frozenset()) -> OrtPlacement:
     """Q/DQ placement of the ONNX Runtime flavour; ``weighted``: the planned weighted ops' names;
     ``excluded``: node names and op types the job keeps out of INT8."""
@@ -154,4 +219,6 @@ def ort_placement(model: onnx.ModelProto, weighted: set[str], excluded=frozenset
         node = g.producer.get(t)
         if node is not None and node.op_type in SAME_SCALE and node.input[0] in set(tensors):
             shared[t] = shared.get(node.input[0], node.input[0])
-    return OrtPlacement(tensors, readers, shared, g.units)
+    values = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer if i.name in g.inits}
+    bounds = saturation_bounds(g, [t for t in tensors if t not in shared], values)
+    return OrtPlacement(tensors, readers, shared, saturates=bounds, units=g.units)

@@ -61,10 +61,19 @@ class Policy:
         return plan.activations
 
     def ranges(self, plan: QuantPlan, ranges: dict[str, Range]) -> dict[str, Range]:
-        """``ranges`` with each tensor of a same-scale op (Reshape, MaxPool, Resize…) given its input's."""
-        if not (self.own_placement and plan.ort is not None and plan.ort.shared):
+        """``ranges`` narrowed to where the tensor's readers still change their output
+        (``OrtPlacement.saturates``), and each tensor of a same-scale op (Reshape, MaxPool,
+        Resize…) given its input's."""
+        if not (self.own_placement and plan.ort is not None):
             return ranges
-        return {**ranges, **{t: ranges[src] for t, src in plan.ort.shared.items()}}
+        out = dict(ranges)
+        for t, (lo, hi) in plan.ort.saturates.items():
+            r = out[t]
+            if max(r.min, lo) < min(r.max, hi):
+                low, high = max(r.min, lo), min(r.max, hi)
+                out[t] = Range(max(abs(low), abs(high)), low, high)
+        out.update({t: out[src] for t, src in plan.ort.shared.items()})
+        return out
 
 
 TENSORRT = Policy("tensorrt", symmetric=True, quantize_add_main=False, int32_bias=False)
