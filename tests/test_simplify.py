@@ -236,14 +236,33 @@ def test_a_recurrent_state_far_from_any_weighted_op_stays_float():
     assert ort_placement(model, set()).tensors == []
 
 
-def test_a_conv_read_by_a_slice_keeps_a_float_output():
+def test_a_conv_read_by_a_slice_stays_wholly_float():
     nodes = [helper.make_node("Conv", ["x", "w"], ["c"]),
              helper.make_node("Slice", ["c", "st", "en", "ax"], ["sl"]), helper.make_node("Pow", ["sl", "two"], ["y"])]
     inits = [_init("w", RNG.normal(size=(C, C, 1, 1))), _init("two", [2.0])] + [
         numpy_helper.from_array(np.array([v], np.int64), n) for n, v in (("st", 0), ("en", 2), ("ax", 1))]
     model = _model(nodes, inits)
     plan = plan_quantization(model)
-    assert ort_placement(model, {q.node for q in plan.nodes}).tensors == ["x"]
+    # ORT would run it in FP32 (no Q on its output): no Q/DQ on its input, FP32 weights
+    placed = ort_placement(model, {q.node for q in plan.nodes})
+    assert placed.tensors == [] and placed.float_weighted == [plan.nodes[0].node]
+
+
+def test_a_conv_transpose_between_int8_convs_is_kept_float(tmp_path):
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"]), helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("ConvTranspose", ["r1", "wt"], ["t"], strides=[2, 2]),
+             helper.make_node("Relu", ["t"], ["r2"]), helper.make_node("Conv", ["r2", "w2"], ["c2"]),
+             helper.make_node("Relu", ["c2"], ["y"])]
+    inits = [_init("w1", RNG.normal(size=(8, C, 1, 1))), _init("wt", RNG.normal(size=(8, 8, 2, 2)) * 0.3),
+             _init("w2", RNG.normal(size=(8, 8, 1, 1)) * 0.3)]
+    model = _model(nodes, inits, ("N", C, 4, 4))
+    plan, _, qdq = _ort_qdq(model, (8, C, 4, 4))
+    assert plan.ort.float_weighted == ["ConvTranspose_2"]
+    transpose = next(n for n in qdq.graph.node if n.op_type == "ConvTranspose")
+    assert transpose.input[1] == "wt"  # FP32 weights, not dequantized on every run
+    kernels = build_engine(qdq, tmp_path / "e.onnx")
+    # the Conv whose Relu writes the graph output still gets its Q (before the Relu)
+    assert kernels["ops"]["QLinearConv"] == 2 and kernels["fp32_weighted"] == 1
 
 
 def test_kernel_accounting_counts_weighted_ops_only():

@@ -13,13 +13,18 @@ when its producer or one of its readers is an op with an INT8 kernel on the CPU 
   ``GlobalAveragePool``/``AveragePool``;
 * ops that only move or select values — ``MaxPool``, ``Resize``, ``Reshape``, ``Transpose``,
   ``Flatten``, ``Squeeze``, ``Unsqueeze`` — run on uint8 once their input and output pairs have
-  the same scale, so their outputs take their input's range (``shared``);
+  the same scale, so input and output share one range, the union of theirs (``shared``; the
+  output's own would clip a max-pooled tensor, whose high percentiles are higher);
 * ``Relu``/``Clip`` right after such an op fold into its output Q: the tensor between them stays float.
 
 A tensor all of whose readers saturate outside an interval (HardSwish below -3, HardSigmoid
 outside [-β/α, (1-β)/α], Clip, Relu, Sigmoid beyond ±8, Tanh beyond ±4) has its uint8 range
 narrowed to it (``saturates``): the values cut off change no reader's output, and the rest get a
 finer step.
+
+A weighted op ORT would still run in FP32 — a ConvTranspose (no CPU QDQ fusion), a Conv whose
+output stays float — gets no Q/DQ at all (``float_weighted``): dequantizing its weights on every
+run and rounding its input would cost time and precision for nothing.
 
 Everything else — HardSigmoid, Div, Pow, Sqrt, normalizations, the gated activation units of
 :mod:`trtq.model.activations` as a whole — stays float, with a pair only where a neighbour is INT8.
@@ -43,6 +48,7 @@ BINARY = ("Add", "Mul")
 INT8_OPS = ("Concat", "Sigmoid", "LeakyRelu", "GlobalAveragePool", "AveragePool")
 SAME_SCALE = ("MaxPool", "Resize", "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze")
 FOLDS_INTO_Q = ("Relu", "Clip")
+NO_INT8_KERNEL = ("ConvTranspose",)  # ORT 1.32's CPU provider does not fuse DQ → ConvTranspose → Q
 BACKWARD = True
 FLOAT_OUTPUT_OK = ("MatMul", "Gemm")  # weighted ops ORT runs in INT8 with a float output
 # float readers worth a Q on a Conv's output: elementwise activations between INT8 convolutions
@@ -55,14 +61,17 @@ FLOAT_UNITS = {"gelu", "gelu_tanh", "quick_gelu", "hard_swish", "gated"}
 class OrtPlacement:
     tensors: list[str]  # every tensor with a Q/DQ pair, in graph order
     readers: dict[str, set[str]]  # node → its inputs read through the DQ
-    shared: dict[str, str] = field(default_factory=dict)  # tensor → the tensor whose range it takes
+    # tensor → the tensor whose scale it shares (the pair share the union of their ranges)
+    shared: dict[str, str] = field(default_factory=dict)
     # tensor → (low, high) outside which all its readers saturate: its range is narrowed to that
     saturates: dict[str, tuple[float, float]] = field(default_factory=dict)
     units: int = 0  # gated activation units kept float as a whole
+    # weighted ops ONNX Runtime would run in FP32 anyway, kept wholly float (no Q/DQ, FP32 weights)
+    float_weighted: list[str] = field(default_factory=list)
 
     @property
     def calibrated(self) -> list[str]:
-        return [t for t in self.tensors if t not in self.shared]
+        return list(self.tensors)
 
 
 class _Graph:
@@ -146,9 +155,9 @@ class _Graph:
     def _folds(self, tensor: str) -> bool:
         """A Relu/Clip reading ``tensor`` folds into the Q after it: it is the tensor's only reader
         and the tensor comes out of an INT8 kernel (in place of being quantized itself)."""
-        node = self.producer.get(tensor)
-        return (node is not None and len(self.readers.get(tensor, [])) == 1 and tensor not in self.outputs
-                and self.int8(node) and self._quantized_out(node))
+        node, readers = self.producer.get(tensor), self.readers.get(tensor, [])
+        return (node is not None and len(readers) == 1 and tensor not in self.outputs
+                and not self.outputs.intersection(readers[0].output) and self.int8(node) and self._quantized_out(node))
 
 
 SIGMOID_EDGE, TANH_EDGE = 8.0, 4.0  # beyond these the output is within 1/1000 of its limit: under half a uint8 step
@@ -201,6 +210,10 @@ def ort_placement(model: onnx.ModelProto, weighted: set[str], excluded=frozenset
     """Q/DQ placement of the ONNX Runtime flavour; ``weighted``: the planned weighted ops' names;
     ``excluded``: node names and op types the job keeps out of INT8."""
     g = _Graph(model, weighted, set(excluded))
+    kept = [n.name for n in g.nodes if n.name in weighted and (n.op_type in NO_INT8_KERNEL or (
+        n.op_type not in FLOAT_OUTPUT_OK and not g._quantized_out(n)))]
+    if kept:  # a Q/DQ in front of an op that stays FP32 only costs a round trip and the weights' precision
+        g = _Graph(model, weighted - set(kept), set(excluded))
     graph_inputs = [i.name for i in model.graph.input if i.name not in g.inits]
     tensors, readers, shared = [], {}, {}
     for t in graph_inputs + [o for n in g.nodes for o in n.output]:
@@ -221,4 +234,4 @@ def ort_placement(model: onnx.ModelProto, weighted: set[str], excluded=frozenset
             shared[t] = shared.get(node.input[0], node.input[0])
     values = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer if i.name in g.inits}
     bounds = saturation_bounds(g, [t for t in tensors if t not in shared], values)
-    return OrtPlacement(tensors, readers, shared, saturates=bounds, units=g.units)
+    return OrtPlacement(tensors, readers, shared, saturates=bounds, units=g.units, float_weighted=kept)

@@ -54,6 +54,14 @@ class Policy:
         out.update({node: {t} for node, t in plan.pools})
         return out
 
+    def weighted(self, plan: QuantPlan) -> list:
+        """The plan's weighted ops this flavour quantizes (the ONNX Runtime placement keeps those
+        ORT would run in FP32 anyway wholly float)."""
+        if self.own_placement and plan.ort is not None and plan.ort.float_weighted:
+            keep = set(plan.ort.float_weighted)
+            return [q for q in plan.nodes if q.node not in keep]
+        return plan.nodes
+
     def tensors(self, plan: QuantPlan) -> list[str]:
         """The tensors this flavour quantizes that need a calibrated range of their own."""
         if self.own_placement and plan.ort is not None:
@@ -62,8 +70,8 @@ class Policy:
 
     def ranges(self, plan: QuantPlan, ranges: dict[str, Range]) -> dict[str, Range]:
         """``ranges`` narrowed to where the tensor's readers still change their output
-        (``OrtPlacement.saturates``), and each tensor of a same-scale op (Reshape, MaxPool,
-        Resize…) given its input's."""
+        (``OrtPlacement.saturates``), and the input and output of each same-scale op (Reshape,
+        MaxPool, Resize…) given the union of their ranges."""
         if not (self.own_placement and plan.ort is not None):
             return ranges
         out = dict(ranges)
@@ -72,7 +80,13 @@ class Policy:
             if max(r.min, lo) < min(r.max, hi):
                 low, high = max(r.min, lo), min(r.max, hi)
                 out[t] = Range(max(abs(low), abs(high)), low, high)
-        out.update({t: out[src] for t, src in plan.ort.shared.items()})
+        groups: dict[str, list[str]] = {}
+        for t, src in plan.ort.shared.items():
+            groups.setdefault(src, [src]).append(t)
+        for members in groups.values():
+            lo, hi = min(out[t].min for t in members), max(out[t].max for t in members)
+            union = Range(max(abs(lo), abs(hi)), lo, hi)
+            out.update({t: union for t in members})
         return out
 
 

@@ -184,7 +184,7 @@ def insert_qdq(model: onnx.ModelProto, plan: QuantPlan, ranges: dict[str, Range]
     out = onnx.ModelProto()
     out.CopyFrom(model)
     g = _QDQGraph(out, pol.ranges(plan, ranges), pol)
-    by_node = {q.node: q for q in plan.nodes}
+    by_node = {q.node: q for q in pol.weighted(plan)}
     extra_inputs = pol.add_inputs(plan)
     for original in list(out.graph.node):
         node = onnx.NodeProto()
