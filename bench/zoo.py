@@ -107,15 +107,16 @@ def _job(entry: Entry):
     return load_job(entry.config, list(entry.overrides))
 
 
-def feeds_of(prepared, spec, section: str, limit: int | None) -> list[dict[str, np.ndarray]]:
-    """The batches of ``spec`` as feeds, constant inputs (silero's ``sr``) included."""
+def feeds_of(prepared, spec, section: str, limit: int | None) -> tuple[list[dict[str, np.ndarray]], np.ndarray | None]:
+    """The batches of ``spec`` as feeds, constant inputs (silero's ``sr``) included, and the labels."""
     from trtq.data.sources import batches, open_source
     consts = {s.name: s.constant for s in prepared.inputs if s.constant is not None}
-    out = []
+    out, labels = [], []
     for b in batches(open_source(spec, prepared.inputs, section), prepared.inputs, spec.batch_size, section,
                      spec.skip, limit):
         out.append({**b.feeds, **consts})
-    return out
+        labels.append(b.labels)
+    return out, (np.concatenate(labels) if labels and all(lb is not None for lb in labels) else None)
 
 
 class _Reader:
@@ -188,7 +189,10 @@ def latencies(sessions: list, feed: dict, iterations: int) -> list[float]:
 
 
 def weighted_total(prepared) -> int:
-    return len(prepared.plan.nodes) + len(prepared.plan.excluded) + sum(prepared.plan.in_subgraphs.values())
+    """Weighted ops with constant weights (Conv, ConvTranspose, Gemm, MatMul with a constant B),
+    inside control flow too; a MatMul of two activations is not one."""
+    by_job = [n for n, why in prepared.plan.excluded if why == "excluded by the job"]
+    return len(prepared.plan.nodes) + len(by_job) + sum(prepared.plan.in_subgraphs.values())
 
 
 def run_entry(entry: Entry, iterations: int, tmp: Path) -> dict:
@@ -196,13 +200,15 @@ def run_entry(entry: Entry, iterations: int, tmp: Path) -> dict:
     job = _job(entry)
     result = build(job.model_copy(update={"evaluation": None}), tmp)
     prepared = _prepared(job)
-    calib = feeds_of(prepared, job.calibration, "calibration", job.calibration.max_samples)
-    evaluation = feeds_of(prepared, job.evaluation, "evaluation", entry.eval_samples)
+    calib, _ = feeds_of(prepared, job.calibration, "calibration", job.calibration.max_samples)
+    evaluation, labels = feeds_of(prepared, job.evaluation, "evaluation", entry.eval_samples)
     fp32 = _session(job.model)
     trtq_sess = _session(result.out_dir / "engine.ort.onnx", optimize=False)
     ort_path, why = ort_quantize(job.model, calib, tmp / f"{entry.name}.ort_qdq.onnx")
     ort_sess = _session(ort_path, optimized_path=tmp / f"{entry.name}.ort_opt.onnx") if ort_path else None
     ref = _outputs(fp32, evaluation)
+    top1 = (lambda outs: 100.0 * float(np.mean(np.concatenate(outs).argmax(-1) == labels))) if labels is not None \
+        else None
     row = {"name": entry.name, "weighted": weighted_total(prepared), "kernels": result.report["engine"]["kernels"],
            "ort_why": why, "rewrites": {k: len(v) for k, v in prepared.rewrites.items()}}
     for key, sess in (("trtq", trtq_sess), ("ort", ort_sess)):
@@ -210,14 +216,42 @@ def run_entry(entry: Entry, iterations: int, tmp: Path) -> dict:
             continue
         got = _outputs(sess, evaluation)
         row[key] = {"sqnr": sqnr_db(np.concatenate(ref), np.concatenate(got)),
-                    "metric": task_metric(entry.metric, ref, got)}
+                    "metric": task_metric(entry.metric, ref, got), "top1": top1(got) if top1 else None}
+    row["fp32_top1"] = top1(ref) if top1 else None
     if ort_sess is not None:
         row["ort_kernels"] = count_kernels(onnx.load(str(tmp / f"{entry.name}.ort_opt.onnx")))
     one = batch_one(evaluation[0], prepared)
     sessions = [fp32, _session(prepared.model), trtq_sess] + ([ort_sess] if ort_sess else [])
     with bench_lock():
         row["ms"] = latencies(sessions, one, iterations)
+        row["profile"] = {"FP32 folded": profile(prepared.model, one, True),
+                          "trtq INT8": profile(result.out_dir / "engine.ort.onnx", one, False)}
     return row
+
+
+def profile(model, feed: dict, optimize: bool, runs: int = 50) -> list[tuple[str, float, float]]:
+    """(op, share of kernel time in %, ms per run) of the five costliest kernel types, from ONNX
+    Runtime's profiler (``SessionOptions.enable_profiling``) over ``runs`` batch-1 runs."""
+    import json
+    import onnxruntime as ort
+    so = ort.SessionOptions()
+    so.log_severity_level, so.intra_op_num_threads, so.enable_profiling = 3, 2, True
+    so.profile_file_prefix = str(Path(tempfile.gettempdir()) / "trtq_zoo_profile")
+    if not optimize:
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
+    sess = ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
+    f = {k: v for k, v in feed.items() if k in {i.name for i in sess.get_inputs()}}
+    for _ in range(runs):
+        sess.run(None, f)
+    path = Path(sess.end_profiling())
+    by: dict[str, float] = {}
+    for e in json.loads(path.read_text()):
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            by[e["args"]["op_name"]] = by.get(e["args"]["op_name"], 0.0) + e["dur"]
+    path.unlink()
+    total = sum(by.values()) or 1.0
+    return [(op, 100.0 * d / total, d / runs / 1000) for op, d in sorted(by.items(), key=lambda kv: -kv[1])[:5]]
 
 
 def _prepared(job):
@@ -232,16 +266,17 @@ def _cell(k: dict | None, total: int) -> str:
 
 def table(rows: list[dict], cpu: str, iterations: int) -> str:
     head = ("| model | weighted ops | INT8 kernels trtq | INT8 kernels ORT | FP32 ms | FP32 folded ms | trtq ms "
-            "| ORT ms | trtq speed-up | ORT speed-up | SQNR trtq / ORT (dB) | task metric | trtq | ORT |")
+            "| ORT ms | trtq speed-up | ORT speed-up | SQNR trtq / ORT (dB) | task metric | trtq | ORT "
+            "| top-1 FP32 / trtq / ORT |")
     lines = ["# The real-model zoo: trtq's ONNX Runtime engine against `quantize_static`\n",
              f"CPU: {cpu}; onnxruntime {_ort_version()}, 2 intra-op threads, batch 1, median of {iterations} "
              "interleaved runs (FP32 as exported, FP32 after trtq's FP32-identical preparation, trtq INT8, "
              "quantize_static QDQ U8S8 defaults). Speed-up = FP32 as exported / INT8.\n",
              "Command: `flock /tmp/trtq-bench.lock python bench/zoo.py` (the timing section takes the lock itself).\n",
-             head, "|" + "---|" * 14]
+             head, "|" + "---|" * 15]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['name']} | {r['error']} |" + " |" * 12)
+            lines.append(f"| {r['name']} | {r['error']} |" + " |" * 13)
             continue
         ms = r["ms"]
         ort_ms = ms[3] if len(ms) > 3 else None
@@ -252,10 +287,23 @@ def table(rows: list[dict], cpu: str, iterations: int) -> str:
             f"{_cell(r.get('ort_kernels'), r['weighted']) if o else r['ort_why']} | {ms[0]:.2f} | {ms[1]:.2f} | "
             f"{ms[2]:.2f} | {f'{ort_ms:.2f}' if ort_ms else '—'} | {ms[0] / ms[2]:.2f}× | "
             f"{f'{ms[0] / ort_ms:.2f}×' if ort_ms else '—'} | {t['sqnr']:.1f} / {o['sqnr'] if o else float('nan'):.1f} | "
-            f"{label} | {t['metric'][1]:.1f} % | {f'{o[1]:.1f} %' if (o := (o or {}).get('metric')) else '—'} |")
+            f"{label} | {t['metric'][1]:.1f} % | {f'{o[1]:.1f} %' if (o := (o or {}).get('metric')) else '—'} | "
+            f"{_top1(r)} |")
+    lines.append("\nWhere the batch-1 time goes (ONNX Runtime's profiler, share of kernel time, 50 runs):\n")
+    for r in rows:
+        for what, ops in r.get("profile", {}).items():
+            lines.append(f"- {r['name']}, {what}: " + ", ".join(f"{op} {share:.0f} % ({ms:.2f} ms)"
+                                                              for op, share, ms in ops))
     lines.append("\nFP32-identical preparation per model (nodes folded or made): "
                  + "; ".join(f"{r['name']}: {r.get('rewrites') or 'none'}" for r in rows if "error" not in r) + "\n")
     return "\n".join(lines) + "\n"
+
+
+def _top1(r: dict) -> str:
+    if r.get("fp32_top1") is None:
+        return "—"
+    o = r.get("ort") or {}
+    return f"{r['fp32_top1']:.1f} / {r['trtq']['top1']:.1f} / " + (f"{o['top1']:.1f} %" if o else "—")
 
 
 def _ort_version() -> str:
