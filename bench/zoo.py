@@ -25,7 +25,6 @@ import fcntl
 import os
 import sys
 import tempfile
-import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,8 +38,10 @@ sys.path.insert(0, str(ROOT / "examples"))
 
 from trtq.engine.onnxruntime import count_kernels  # noqa: E402
 from trtq.evaluation.metrics import sqnr_db  # noqa: E402
-from trtq.runtime.onnxruntime import cpu_info  # noqa: E402
+from trtq.evaluation.latency import interleaved  # noqa: E402
+from trtq.runtime.onnxruntime import cpu_info, session  # noqa: E402
 
+THREADS = 2  # intra-op threads of every session (the machines these figures come from have 2 cores)
 OCR = ROOT / "data" / "ocr"  # what the configs calibrate on (examples/ocr_data.py, seed 0)
 HELDOUT = ROOT / "data" / "ocr-heldout"  # what the zoo evaluates on: other pages and lines (seed 1)
 
@@ -141,19 +142,8 @@ def ort_quantize(model_path: Path, feeds: list[dict], out: Path) -> tuple[Path |
 
 
 # -- running ------------------------------------------------------------------------------------
-def _session(model, optimize: bool = True, threads: int = 2, optimized_path: Path | None = None):
-    import onnxruntime as ort
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    so.intra_op_num_threads = threads
-    # sessions timed in turn: an idle pool spinning for work would take the cores from the next one
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    if not optimize:
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    if optimized_path is not None:
-        so.optimized_model_filepath = str(optimized_path)
-    data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
-    return ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
+def _session(model, optimize: bool = True, optimized_path: Path | None = None):
+    return session(model, threads=THREADS, optimize=optimize, optimized_path=optimized_path)
 
 
 def _outputs(sess, feeds: list[dict]) -> list[np.ndarray]:
@@ -174,18 +164,13 @@ def batch_one(feeds: dict, prepared) -> dict:
 
 
 def latencies(sessions: list, feed: dict, iterations: int) -> list[float]:
-    """Median batch-1 latency (ms) of each session, timed interleaved."""
-    feeds = [{k: v for k, v in feed.items() if k in {i.name for i in s.get_inputs()}} for s in sessions]
-    for s, f in zip(sessions, feeds):
-        for _ in range(3):
-            s.run(None, f)
-    times = [[] for _ in sessions]
-    for _ in range(iterations):
-        for k, (s, f) in enumerate(zip(sessions, feeds)):
-            t0 = time.perf_counter()
-            s.run(None, f)
-            times[k].append(time.perf_counter() - t0)
-    return [1000 * float(np.median(t)) for t in times]
+    """Median batch-1 latency (ms) of each session, timed interleaved (trtq's own A B … rounds)."""
+    calls = {}
+    for k, s in enumerate(sessions):
+        f = {n: v for n, v in feed.items() if n in {i.name for i in s.get_inputs()}}
+        calls[k] = (lambda s=s, f=f: s.run(None, f))
+    times = interleaved(calls, warmup=3, iterations=iterations)
+    return [float(np.median(times[k])) for k in range(len(sessions))]
 
 
 def weighted_total(prepared) -> int:
@@ -235,7 +220,7 @@ def profile(model, feed: dict, optimize: bool, runs: int = 50) -> list[tuple[str
     import json
     import onnxruntime as ort
     so = ort.SessionOptions()
-    so.log_severity_level, so.intra_op_num_threads, so.enable_profiling = 3, 2, True
+    so.log_severity_level, so.intra_op_num_threads, so.enable_profiling = 3, THREADS, True
     so.profile_file_prefix = str(Path(tempfile.gettempdir()) / "trtq_zoo_profile")
     if not optimize:
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
@@ -269,8 +254,8 @@ def table(rows: list[dict], cpu: str, iterations: int) -> str:
             "| ORT ms | trtq speed-up | ORT speed-up | SQNR trtq / ORT (dB) | task metric | trtq | ORT "
             "| top-1 FP32 / trtq / ORT |")
     lines = ["# The real-model zoo: trtq's ONNX Runtime engine against `quantize_static`\n",
-             f"CPU: {cpu}; onnxruntime {_ort_version()}, 2 intra-op threads, batch 1, median of {iterations} "
-             "interleaved runs (FP32 as exported, FP32 after trtq's FP32-identical preparation, trtq INT8, "
+             f"CPU: {cpu}; onnxruntime {_ort_version()}, {THREADS} intra-op threads, batch 1, median of {iterations} "
+             "interleaved rounds (FP32 as exported, FP32 after trtq's FP32-identical preparation, trtq INT8, "
              "quantize_static QDQ U8S8 defaults). Speed-up = FP32 as exported / INT8.\n",
              "Command: `flock /tmp/trtq-bench.lock python bench/zoo.py` (the timing section takes the lock itself).\n",
              head, "|" + "---|" * 15]
