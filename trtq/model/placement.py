@@ -210,10 +210,15 @@ def ort_placement(model: onnx.ModelProto, weighted: set[str], excluded=frozenset
     """Q/DQ placement of the ONNX Runtime flavour; ``weighted``: the planned weighted ops' names;
     ``excluded``: node names and op types the job keeps out of INT8."""
     g = _Graph(model, weighted, set(excluded))
-    kept = [n.name for n in g.nodes if n.name in weighted and (n.op_type in NO_INT8_KERNEL or (
-        n.op_type not in FLOAT_OUTPUT_OK and not g._quantized_out(n)))]
-    if kept:  # a Q/DQ in front of an op that stays FP32 only costs a round trip and the weights' precision
+    kept: list[str] = []
+    for _ in range(8):  # a Q/DQ in front of an op that stays FP32 only costs a round trip and the weights' precision
+        more = [n.name for n in g.nodes if n.name in g.weighted and (n.op_type in NO_INT8_KERNEL or (
+            n.op_type not in FLOAT_OUTPUT_OK and not g._quantized_out(n)))]
+        if not more:
+            break
+        kept += more  # (a Conv that fed only those may now keep a float output too)
         g = _Graph(model, weighted - set(kept), set(excluded))
+    kept = [n.name for n in g.nodes if n.name in set(kept)]
     graph_inputs = [i.name for i in model.graph.input if i.name not in g.inits]
     tensors, readers, shared = [], {}, {}
     for t in graph_inputs + [o for n in g.nodes for o in n.output]:
