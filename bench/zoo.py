@@ -143,7 +143,8 @@ def ort_quantize(model_path: Path, feeds: list[dict], out: Path) -> tuple[Path |
 
 # -- running ------------------------------------------------------------------------------------
 def _session(model, optimize: bool = True, optimized_path: Path | None = None):
-    return session(model, threads=THREADS, optimize=optimize, optimized_path=optimized_path)
+    # no spinning: a pool busy-waiting after its run would take the cores from the session timed next
+    return session(model, threads=THREADS, optimize=optimize, optimized_path=optimized_path, spin=False)
 
 
 def _outputs(sess, feeds: list[dict]) -> list[np.ndarray]:
