@@ -157,6 +157,12 @@ def _fold_one(op: onnx.NodeProto, bn: onnx.NodeProto, values: dict, graph: onnx.
     return True
 
 
+def _maps(graph: onnx.GraphProto) -> tuple[dict, dict, dict, set]:
+    """(initializer values, tensor → readers, tensor → producer, graph output names)."""
+    values = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    return values, consumers(graph), {o: n for n in graph.node for o in n.output}, {o.name for o in graph.output}
+
+
 def _channel_bias(c: np.ndarray, rank: int, channels: int) -> np.ndarray | None:
     """``c`` as a per-output-channel bias of a rank-``rank`` [N, K, ...] tensor, or None."""
     if c.ndim > rank or c.size not in (1, channels):
@@ -200,10 +206,7 @@ def fold_channel_affine(model: onnx.ModelProto) -> list[str]:
     """Fold ``Conv → Mul/Add(constant, per channel or scalar)`` into the Conv's weight and bias
     (exports that keep the bias, or a learnable affine, as separate ops); returns the folded nodes' names."""
     graph = model.graph
-    values = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
-    readers = consumers(graph)
-    producer = {o: n for n in graph.node for o in n.output}
-    outputs = {o.name for o in graph.output}
+    values, readers, producer, outputs = _maps(graph)
     folded: list[str] = []
     for node in list(graph.node):
         if node.op_type not in ("Add", "Mul") or len(node.input) != 2:
@@ -280,10 +283,7 @@ def fold_batchnorm(model: onnx.ModelProto) -> list[str]:
     """Fold each BatchNormalization that alone reads a Conv/ConvTranspose/Gemm output (not a
     graph output) into that op; returns the folded BatchNormalizations' names."""
     graph = model.graph
-    values = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
-    readers = consumers(graph)
-    producer = {o: n for n in graph.node for o in n.output}
-    outputs = {o.name for o in graph.output}
+    values, readers, producer, outputs = _maps(graph)
     folded: list[str] = []
     for bn in list(graph.node):
         if bn.op_type != "BatchNormalization" or not bn.input:
