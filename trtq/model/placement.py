@@ -49,7 +49,6 @@ INT8_OPS = ("Concat", "Sigmoid", "LeakyRelu", "GlobalAveragePool", "AveragePool"
 SAME_SCALE = ("MaxPool", "Resize", "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze")
 FOLDS_INTO_Q = ("Relu", "Clip")
 NO_INT8_KERNEL = ("ConvTranspose",)  # ORT 1.32's CPU provider does not fuse DQ → ConvTranspose → Q
-BACKWARD = True
 FLOAT_OUTPUT_OK = ("MatMul", "Gemm")  # weighted ops ORT runs in INT8 with a float output
 # float readers worth a Q on a Conv's output: elementwise activations between INT8 convolutions
 FLOAT_READERS = ELEMENTWISE | {"HardSwish", "LeakyRelu", "Elu", "Selu", "Softplus", "Mish", "Gelu"}
@@ -121,7 +120,7 @@ class _Graph:
             grew = False
             for node in reversed(self.nodes):
                 readers = [r for t in node.output for r in self.readers.get(t, [])]
-                if (not out[node.name] and self.capable(node) and readers and BACKWARD
+                if (not out[node.name] and self.capable(node) and readers
                         and not self.outputs.intersection(node.output) and all(out[r.name] for r in readers)):
                     out[node.name] = grew = True
             if not grew:
