@@ -67,8 +67,8 @@ def test_api_evaluate_reevaluates_without_calibrating(tiny, tmp_path, monkeypatc
 def test_report_says_how_calibration_read_the_activations(tiny, tmp_path):
     result = trtq.build(trtq.load_job(tiny["job_path"]), out=tmp_path)
     layout = result.report["calibration"]["activation_layout"]
-    plan = prepare(tiny["model"]).plan
-    assert layout["nchwc_tensors"] + layout["nchw_tensors"] == len(plan.activations)
+    plan = prepare(tiny["model"], for_onnxruntime=True).plan  # an onnxruntime-target job calibrates its placement too
+    assert layout["nchwc_tensors"] + layout["nchw_tensors"] == len(plan.calibrated)
     # tiny's channel counts (3, 4, 2) fit no NCHWc block: every tensor is read in NCHW order, and the report says why
     assert layout["nchwc_tensors"] == 0 and layout["fallback"]
     md = (result.out_dir / "report.md").read_text()

@@ -28,7 +28,7 @@ def _data(n=32):
 
 def narrow_model(tmp_path, x: np.ndarray):
     """x → 1×1 Conv (channels 0-3 scaled by 0.01: near-constant) → depthwise 3×3 mean → BatchNormalization
-    whose running statistics are the depthwise output's own (so the narrow channels get gains of ~100)."""
+    whose running statistics are the depthwise output's own (so the narrow channels get gains of ~100) → Relu."""
     gains = np.array([0.01] * 4 + [5.0] * 4, np.float32)
     w1 = np.diag(gains).reshape(8, 8, 1, 1).astype(np.float32)
     b1 = np.array([0.005] * 4 + [0.0] * 4, np.float32)
@@ -41,7 +41,9 @@ def narrow_model(tmp_path, x: np.ndarray):
              {"w1": w1, "b1": b1, "wd": wd, "g": np.ones(8), "beta": np.zeros(8), "mu": mean, "var": var}.items()]
     nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["y1"], name="pw"),
              helper.make_node("Conv", ["y1", "wd"], ["yd"], name="dw", group=8, pads=[1, 1, 1, 1]),
-             helper.make_node("BatchNormalization", ["yd", "g", "beta", "mu", "var"], ["y"], name="bn", epsilon=1e-9)]
+             helper.make_node("BatchNormalization", ["yd", "g", "beta", "mu", "var"], ["yb"], name="bn", epsilon=1e-9),
+             # (a Relu after it, so the depthwise Conv runs INT8 in ONNX Runtime: one writing the graph output is kept FP32)
+             helper.make_node("Relu", ["yb"], ["y"], name="relu")]
     graph = helper.make_graph(nodes, "narrow", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 8, 8, 8])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 8, 8, 8])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])

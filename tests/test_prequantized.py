@@ -175,12 +175,13 @@ def test_converting_asymmetric_ranges_keeps_the_clip(tiny):
 
 def test_tensors_without_a_scale_are_calibrated_or_left_float(tiny):
     """ORT's quantizer told to leave the ConvTranspose and the pooling float puts no Q/DQ on the pooling
-    input (which the ONNX Runtime flavour quantizes); without calibration data it stays float (with a note), with data it is calibrated."""
+    input and output (which the ONNX Runtime flavour quantizes: QLinearGlobalAveragePool); without calibration
+    data they stay float (with a note), with data they are calibrated."""
     path = make_prequantized(tiny["dir"], "s8s8", nodes_to_exclude=["convt", "gap"])
     job = _job(tiny, path)
     bare = build(load_job(write_job(tiny["dir"] / "job.yaml", job))).report["quantization"]["prequantized"]
     missing = bare["float_without_scale"]
-    assert missing == ["convt_out"] and bare["calibrated_tensors"] == [] and bare["int8_weights"] == 4
+    assert missing == ["convt_out", "gap"] and bare["calibrated_tensors"] == [] and bare["int8_weights"] == 4
     job["calibration"] = dict(tiny["job"]["calibration"])
     result = build(load_job(write_job(tiny["dir"] / "job.yaml", job)))
     pre = result.report["quantization"]["prequantized"]

@@ -222,5 +222,7 @@ def with_scales(prepared: PreparedModel, scales: dict[str, np.ndarray], exclude_
     model = equalize.apply(prepared.model, scales)
     plan = plan_quantization(model, exclude_ops, exclude_nodes)
     plan.cache_only = list(prepared.plan.cache_only)
+    plan.ort = prepared.plan.ort  # equalization changes weights, not the graph
     return PreparedModel(prepared.path, model, prepared.inputs, plan, prepared.folded,
-                         {t: np.asarray(s, np.float64) for t, s in scales.items()}, prepared.cross_layer)
+                         {t: np.asarray(s, np.float64) for t, s in scales.items()}, prepared.prequantized,
+                         prepared.cross_layer, prepared.rewrites)

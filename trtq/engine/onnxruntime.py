@@ -70,19 +70,34 @@ def _weighted_fp32(node: onnx.NodeProto, constants: set[str]) -> bool:
     return True
 
 
+# where an INT8 matrix product's two operands sit: (A, B) input indices
+INT8_MATMUL_OPERANDS = {"QLinearMatMul": (0, 3), "MatMulInteger": (0, 1), "MatMulIntegerToFloat": (0, 1),
+                        "DynamicQuantizeMatMul": (0, 1)}
+
+
+def _int8_weighted(node: onnx.NodeProto, constants: set[str]) -> bool:
+    """An INT8 kernel of a weighted op: an INT8 MatMul counts only with a constant operand (one
+    between two activations, attention's Q·Kᵀ, is another INT8 kernel)."""
+    if node.op_type not in INT8_WEIGHTED:
+        return False
+    pair = INT8_MATMUL_OPERANDS.get(node.op_type)
+    return pair is None or any(i < len(node.input) and node.input[i] in constants for i in pair)
+
+
 def count_kernels(optimized: onnx.ModelProto) -> dict:
     """Weighted ops that run as INT8 kernels, those that still run in FP32 (the first ten named),
-    and the other INT8 kernels (Add, pooling, …) separately."""
+    and the other INT8 kernels (Add, pooling, activation × activation MatMul, …) separately."""
     graph = optimized.graph
     ops = Counter(n.op_type for n in graph.node)
-    constants = {i.name for i in graph.initializer} | {o for n in graph.node if n.op_type == "DequantizeLinear"
-                                                        and n.input[0] in {i.name for i in graph.initializer}
-                                                        for o in n.output}
+    inits = {i.name for i in graph.initializer}
+    constants = inits | {o for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits
+                         for o in n.output}
     fp32 = [n.name or n.op_type for n in graph.node if _weighted_fp32(n, constants)]
+    int8 = sum(_int8_weighted(n, constants) for n in graph.node)
     return {
-        "int8_weighted": sum(v for k, v in ops.items() if k in INT8_WEIGHTED),
+        "int8_weighted": int8,
         "fp32_weighted": len(fp32),
-        "int8_other": sum(v for k, v in ops.items() if k in INT8_OTHER),
+        "int8_other": sum(v for k, v in ops.items() if k in INT8_KERNELS) - int8,
         "fp32_weighted_nodes": fp32[:10],
         "ops": dict(sorted(ops.items())),
     }

@@ -13,6 +13,7 @@ import onnx
 from onnx import helper
 
 from ..errors import JobError
+from .placement import OrtPlacement
 
 POOLS = ("GlobalAveragePool", "AveragePool")
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
@@ -63,6 +64,8 @@ class QuantPlan:
     in_subgraphs: dict[str, int] = field(default_factory=dict)
     # calibrated for TensorRT's implicit-INT8 cache only (it asks for every tensor); no Q/DQ goes there
     cache_only: list[str] = field(default_factory=list)
+    # the ONNX Runtime flavour's own placement (model/placement.py), planned for jobs that target it
+    ort: OrtPlacement | None = None
 
     @property
     def activations(self) -> list[str]:
@@ -79,7 +82,16 @@ class QuantPlan:
 
     @property
     def calibrated(self) -> list[str]:
-        """What calibration collects: the activations, then the cache-only tensors."""
+        """What calibration collects: the activations, the ONNX Runtime placement's other tensors,
+        then the cache-only tensors."""
+        seen = dict.fromkeys(self.activations)
+        seen.update(dict.fromkeys(self.ort.calibrated if self.ort else ()))
+        seen.update(dict.fromkeys(self.cache_only))
+        return list(seen)
+
+    @property
+    def trt_tensors(self) -> list[str]:
+        """The tensors a TensorRT calibration cache holds: the activations and the cache-only tensors."""
         return self.activations + [t for t in self.cache_only if t not in set(self.activations)]
 
     def channel_axes(self) -> dict[str, int]:

@@ -20,8 +20,10 @@ from ..job import InputOptions, Job
 from . import cle
 from .controlflow import fold_constant_ifs
 from .load import InputSpec, float_activations, input_specs, load_model, output_names, settle
+from .placement import ort_placement
 from .plan import QuantPlan, name_nodes, plan_quantization
 from .prequant import PreQuantized, has_qdq, restrict_plan, strip
+from .simplify import simplify
 
 
 @dataclass
@@ -34,6 +36,7 @@ class PreparedModel:
     equalized: dict[str, np.ndarray] = field(default_factory=dict)  # tensor → channel scales (model/equalize.py)
     prequantized: PreQuantized | None = None  # the model held Q/DQ: ``model`` is its FP32 graph (model/prequant.py)
     cross_layer: dict | None = None  # what cross-layer equalization did (model/cle.py), when asked for
+    rewrites: dict[str, list[str]] = field(default_factory=dict)  # model/simplify.py: step → nodes folded or made
 
     @property
     def outputs(self) -> list[str]:
@@ -83,12 +86,13 @@ def _with_constant(spec: InputSpec, value) -> InputSpec:
 
 def prepare(path: Path, input_shapes: dict[str, tuple[int, ...]] | None = None, exclude_ops=(),
             exclude_nodes=(), inputs: dict[str, InputOptions] | None = None,
-            every_tensor: bool = False, cross_layer: bool = False) -> PreparedModel:
+            every_tensor: bool = False, cross_layer: bool = False, for_onnxruntime: bool = False) -> PreparedModel:
     """Load ``path`` and plan its quantization (errors name the file, or the job key).
     ``inputs``: the job's ``inputs`` section (batch axes, constant inputs). ``every_tensor``:
     calibrate every FP32 tensor of the network, as TensorRT's implicit INT8 wants in its cache,
     besides the tensors Q/DQ goes on. ``cross_layer``: cross-layer equalization first (before the
-    plan, which names the rewritten weights)."""
+    plan, which names the rewritten weights). ``for_onnxruntime``: plan the ONNX Runtime flavour's
+    own placement too (its extra tensors are calibrated)."""
     inputs = inputs or {}
     axes = {k: v.batch_axis for k, v in inputs.items()}
     model = load_model(path, input_shapes, axes)
@@ -103,22 +107,27 @@ def prepare(path: Path, input_shapes: dict[str, tuple[int, ...]] | None = None, 
     if has_qdq(model):
         model, pre = strip(model, path)
         model = settle(model, Path(path), fresh=True)
-    cle_info = None
-    if cross_layer and pre is None:  # a pre-quantized model's int8 weights are kept as they are
-        model, cle_info = cle.equalize_model(model)
+    cle_info, rewrites = None, {}
+    if pre is None:  # a pre-quantized model's int8 weights are kept as they are: no folds into them
+        model, rewrites = simplify(model, Path(path))
+        if cross_layer:
+            model, cle_info = cle.equalize_model(model)
     plan = plan_quantization(model, exclude_ops, exclude_nodes)
     if pre is not None:
         plan = restrict_plan(plan, set(pre.weights))
     if every_tensor:
         plan.cache_only = [t for t in float_activations(model) if t not in set(plan.activations)]
-    return PreparedModel(Path(path), model, specs, plan, folded, prequantized=pre, cross_layer=cle_info)
+    if for_onnxruntime:
+        plan.ort = ort_placement(model, {q.node for q in plan.nodes}, {*exclude_ops, *exclude_nodes})
+    return PreparedModel(Path(path), model, specs, plan, folded, prequantized=pre, cross_layer=cle_info,
+                         rewrites=rewrites)
 
 
 def prepare_job(job: Job) -> PreparedModel:
     """The job's model, prepared, with its batch sizes checked and something to quantize."""
     q = job.quantization
     prepared = prepare(job.model, job.input_shapes, q.exclude_ops, q.exclude_nodes, job.inputs,
-                       job.calibrates_every_tensor(), q.cross_layer_equalization)
+                       job.calibrates_every_tensor(), q.cross_layer_equalization, q.target == "onnxruntime")
     prepared.check_batch_sizes(job.batch_sizes())
     prepared.require_quantizable()
     if job.calibration is None and prepared.prequantized is None:

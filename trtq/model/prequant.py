@@ -242,7 +242,14 @@ def restrict_plan(plan: QuantPlan, weights: set[str], ranges: set[str] | None = 
     have = (lambda t: True) if ranges is None else ranges.__contains__
     adds = [a for a in plan.adds if have(a.skip) and have(a.main)]
     pools = [(n, t) for n, t in plan.pools if have(t)]
-    return replace(plan, nodes=nodes, excluded=excluded, adds=adds, pools=pools)
+    ort = plan.ort
+    if ort is not None:  # the ONNX Runtime placement, without the pairs that have no range
+        tensors = [t for t in ort.tensors if have(ort.shared.get(t, t))]
+        keep, dropped = set(tensors), {q.node for q in plan.nodes} - {q.node for q in nodes}
+        readers = {n: {t for t in ins if t in keep} for n, ins in ort.readers.items() if n not in dropped}
+        ort = replace(ort, tensors=tensors, readers={n: v for n, v in readers.items() if v},
+                      shared={t: src for t, src in ort.shared.items() if t in keep})
+    return replace(plan, nodes=nodes, excluded=excluded, adds=adds, pools=pools, ort=ort)
 
 
 def non_negative(model: onnx.ModelProto) -> set[str]:

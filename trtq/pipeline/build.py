@@ -45,10 +45,12 @@ class BuildResult:
     report: dict  # report.json's document
 
 
-def write_ranges(folder: Path, cal: Calibration, model_sha: str, job: Job, tensorrt_version: str | None) -> dict:
+def write_ranges(folder: Path, cal: Calibration, model_sha: str, job: Job, tensorrt_version: str | None,
+                 trt_tensors: list[str] | None) -> dict:
     """``ranges.json`` and ``calibration.cache`` of a calibration; the cache header's version is the
     job's, else that of ``tensorrt_version`` (the installed TensorRT), else trtq's default — which
-    one goes into the report's ``calibration.cache_header``."""
+    one goes into the report's ``calibration.cache_header``. The cache holds ``trt_tensors``' ranges
+    (None: every range, as for a pre-quantized model's own scales)."""
     doc = {
         "calibrator": cal.info["method"],
         "data_fingerprint": cal.info["data_fingerprint"],
@@ -58,7 +60,10 @@ def write_ranges(folder: Path, cal: Calibration, model_sha: str, job: Job, tenso
     }
     write_atomic(folder / RANGES, json.dumps(doc, indent=2) + "\n")
     version, origin = trt_engine.cache_version(job.calibrator, tensorrt_version)
-    write_atomic(folder / CACHE, cache_text(cal.ranges, version, job.calibrator.cache_algorithm))
+    # the cache holds what TensorRT reads: not the tensors only the ONNX Runtime flavour quantizes
+    keep = set(cal.ranges) if trt_tensors is None else set(trt_tensors)
+    trt_ranges = {t: r for t, r in cal.ranges.items() if t in keep}
+    write_atomic(folder / CACHE, cache_text(trt_ranges, version, job.calibrator.cache_algorithm))
     return {"header": f"TRT-{version}-{job.calibrator.cache_algorithm}", "from": origin}
 
 
@@ -232,7 +237,8 @@ def build(job: Job, out_root: Path | None = None, progress: Progress | None = No
             cal = calibrate(prepared, job.calibration, job.calibrator, progress, root, reuse, shard_map)
         else:
             cal, prepared, pre = prequantized.calibration(job, prepared, progress, root, reuse, shard_map)
-        cal.info["cache_header"] = write_ranges(stage, cal, prepared.sha256, job, trt_version)
+        cal.info["cache_header"] = write_ranges(stage, cal, prepared.sha256, job, trt_version,
+                                                prepared.plan.trt_tensors if pre is None else None)
         means = None
         if q.bias_correction and pre is None:  # a pre-quantized model's weights and biases stay as they are
             means = cal.means

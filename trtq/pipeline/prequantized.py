@@ -20,6 +20,7 @@ from ..job import Job
 from ..model.prepare import PreparedModel
 from ..model.prequant import PreQuantized, carry_ranges, non_negative, restrict_plan, symmetric_scale, tensorrt_problems
 from ..progress import Progress
+from ..quant.policy import ONNXRUNTIME
 from ..quant.weights import FixedWeight
 
 MAX_NAMED = 3  # offending nodes named in one error line
@@ -72,7 +73,7 @@ def calibration(job: Job, prepared: PreparedModel, progress: Progress, store_roo
     t0 = time.perf_counter()
     pq = prepared.prequantized
     ranges = model_ranges(prepared.model, pq)
-    missing = [t for t in prepared.plan.activations if t not in ranges]
+    missing = [t for t in ONNXRUNTIME.tensors(prepared.plan) if t not in ranges]  # TensorRT's without a placement
     info = {"method": {"method": "pre-quantized"}, "samples": 0, "tensors": 0, "data_fingerprint": None}
     if missing and job.calibration is not None:
         cal = calibrate(prepared, job.calibration, job.calibrator, progress, store_root, reuse, shard_map)

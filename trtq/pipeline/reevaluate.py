@@ -56,7 +56,8 @@ def reevaluate(job: Job, out_root: Path | None = None, progress: Progress | None
     ranges_doc = json.loads((folder / RANGES).read_text())
     q = job.quantization
     prepared = prepare(job.model, job.input_shapes, q.exclude_ops, q.exclude_nodes, job.inputs,
-                       cross_layer=bool(report["quantization"].get("cross_layer_equalization")))
+                       cross_layer=bool(report["quantization"].get("cross_layer_equalization")),
+                       for_onnxruntime=q.target == "onnxruntime")
     if (folder / EQUALIZATION).is_file():  # the build equalized the model: evaluate that model
         with np.load(folder / EQUALIZATION) as z:
             prepared = with_scales(prepared, {k: z[k] for k in z.files}, q.exclude_ops, q.exclude_nodes)

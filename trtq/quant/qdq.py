@@ -4,7 +4,9 @@ Placement (TensorRT's documented rules, ``tensorrt-int8-facts.md`` §5): a Quant
 DequantizeLinear pair on the *inputs* of weighted ops (Conv, ConvTranspose, Gemm, MatMul with
 a constant B) — the activation per-tensor, the weight per-channel, stored int8 behind a DQ —
 and nothing on their outputs; residual Adds and pooling inputs as the flavour's
-:class:`~trtq.quant.policy.Policy` says. One pair per activation tensor, shared by all its
+:class:`~trtq.quant.policy.Policy` says. The ONNX Runtime flavour of a plan that has its own
+placement (:mod:`trtq.model.placement`) puts pairs on the tensors it names instead, read
+through the DQ by the readers it names. One pair per activation tensor, shared by all its
 quantized consumers. Everything a flavour changes (activation dtype and zero point, Add
 inputs, int32 bias) is decided by its policy, not here.
 """
@@ -195,13 +197,13 @@ def insert_qdq(model: onnx.ModelProto, plan: QuantPlan, ranges: dict[str, Range]
     of computing scales and rounding; the int32 bias and bias correction use their scales.
     ``weight_granularity``: ``per_channel`` (one scale per output channel) or ``per_tensor``."""
     pol = get_policy(flavor)
-    missing = [a for a in plan.activations if a not in ranges]
+    missing = [a for a in pol.tensors(plan) if a not in ranges]
     if missing:
         raise JobError(f"no calibrated range for tensor(s) {', '.join(missing[:5])}; recalibrate")
     out = onnx.ModelProto()
     out.CopyFrom(model)
-    g = _QDQGraph(out, ranges, pol, fixed_weights, weight_granularity)
-    by_node = {q.node: q for q in plan.nodes}
+    g = _QDQGraph(out, pol.ranges(plan, ranges), pol, fixed_weights, weight_granularity)
+    by_node = {q.node: q for q in pol.weighted(plan)}
     extra_inputs = pol.add_inputs(plan)
     for original in list(out.graph.node):
         node = onnx.NodeProto()
