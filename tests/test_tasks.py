@@ -1,0 +1,148 @@
+"""Task metrics against hand-computed answers."""
+
+import math
+
+import numpy as np
+import pytest
+
+from trtq.evaluation.tasks import (DenseAccumulator, DetectionAccumulator, Detections, GenericAccumulator,
+                                   SequenceAccumulator, average_precision, box_iou, ctc_greedy, decode_detections,
+                                   edit_distance, mask_iou, nms)
+
+
+def test_box_iou_of_half_overlapping_boxes_is_one_third():
+    # two 10x10 boxes overlapping in a 5x10 strip: 50 / (100 + 100 - 50)
+    assert box_iou([[0, 0, 10, 10]], [[5, 0, 15, 10]])[0, 0] == pytest.approx(1 / 3)
+    assert box_iou([[0, 0, 10, 10]], [[0, 0, 10, 8]])[0, 0] == pytest.approx(0.8)
+    assert box_iou([[0, 0, 1, 1]], [[2, 2, 3, 3]])[0, 0] == 0
+
+
+def test_nms_drops_the_weaker_of_two_overlapping_boxes():
+    boxes = np.array([[0, 0, 10, 10], [0, 0, 10, 8], [20, 20, 30, 30]], float)
+    keep = nms(boxes, np.array([0.6, 0.9, 0.5]), iou_threshold=0.5)
+    assert keep.tolist() == [1, 2]  # box 0 has IoU 0.8 with the better box 1
+
+
+def _head(rows, classes):
+    """A YOLO-style [1, 4+C, N] head from (cx, cy, w, h, class, score) rows."""
+    out = np.zeros((1, 4 + classes, len(rows)))
+    for j, (cx, cy, w, h, c, s) in enumerate(rows):
+        out[0, :4, j] = (cx, cy, w, h)
+        out[0, 4 + c, j] = s
+    return out
+
+
+def test_two_box_detection_known_precision_recall_map():
+    # FP32: A = [0,0,10,10] and B = [20,20,30,30], class 0
+    fp32 = _head([(5, 5, 10, 10, 0, 0.9), (25, 25, 10, 10, 0, 0.8)], 2)
+    # INT8: A shrunk to [0,0,10,8] (IoU 0.8, a hit), a spurious box at [40,40,50,50], and B moved to
+    # [25,20,35,30] (IoU 1/3: a miss), scores 0.9, 0.85, 0.6
+    int8 = _head([(5, 4, 10, 8, 0, 0.9), (45, 45, 10, 10, 0, 0.85), (30, 25, 10, 10, 0, 0.6)], 2)
+    acc = DetectionAccumulator("channels_first")
+    acc.update(fp32, int8)
+    r = acc.result()
+    assert (r["reference_boxes"], r["int8_boxes"]) == (2, 3)
+    assert r["precision"] == pytest.approx(1 / 3) and r["recall"] == pytest.approx(1 / 2)
+    # ranked hit, miss, miss: precision 1 at recall 0.5, recall never grows past it → AP = 0.5
+    assert r["map50"] == pytest.approx(0.5)
+    assert r["class_agreement"] == 1.0
+
+
+def test_detection_class_flip_counts_against_class_agreement_and_map():
+    fp32 = _head([(5, 5, 10, 10, 0, 0.9), (25, 25, 10, 10, 1, 0.8)], 2)
+    int8 = _head([(5, 5, 10, 10, 0, 0.9), (25, 25, 10, 10, 0, 0.8)], 2)  # B's class flipped 1 → 0
+    acc = DetectionAccumulator("channels_first")
+    acc.update(fp32, int8)
+    r = acc.result()
+    assert r["class_agreement"] == 0.5 and r["precision"] == 0.5 and r["recall"] == 0.5
+    # class 0: hit (0.9) then a false positive: AP 1; class 1: its one box never found: AP 0
+    assert r["map50"] == pytest.approx(0.5)
+
+
+def test_channels_last_and_nms_layouts_decode_the_same_boxes():
+    head = _head([(5, 5, 10, 10, 1, 0.9), (5, 5, 10, 9, 1, 0.7), (25, 25, 10, 10, 0, 0.1)], 2)
+    first = decode_detections(head, "channels_first")[0]
+    last = decode_detections(np.swapaxes(head, 1, 2), "channels_last")[0]
+    np.testing.assert_allclose(first.boxes, [[0, 0, 10, 10]])  # the 0.7 duplicate suppressed, 0.1 below threshold
+    np.testing.assert_allclose(last.boxes, first.boxes)
+    rows = np.array([[[0, 0, 10, 10, 0.9, 1], [20, 20, 30, 30, 0.1, 0]]])
+    done = decode_detections(rows, "nms")[0]
+    assert done.classes.tolist() == [1] and done.scores.tolist() == [0.9]
+
+
+def test_average_precision_of_a_known_ranking():
+    # hit, miss, hit against 2 objects: precision 1 at recall 1/2, 2/3 at recall 1 → 0.5 + 0.5 * 2/3
+    assert average_precision(np.array([0.9, 0.8, 0.7]), np.array([1, 0, 1]), 2) == pytest.approx(5 / 6)
+    assert math.isnan(average_precision(np.array([0.5]), np.array([0]), 0))
+
+
+def test_ground_truth_map_of_both_sides():
+    fp32 = _head([(5, 5, 10, 10, 0, 0.9)], 1)
+    int8 = _head([(25, 25, 10, 10, 0, 0.9)], 1)
+    truth = [Detections(np.array([[0, 0, 10, 10.0]]), np.ones(1), np.zeros(1, int))]
+    acc = DetectionAccumulator("channels_first")
+    acc.update(fp32, int8, truth)
+    gt = acc.result()["ground_truth"]
+    assert gt["fp32_map50"] == 1.0 and gt["int8_map50"] == 0.0
+
+
+def _steps(seq, classes=6):
+    """One-hot [T, C] per-step distributions whose argmax is ``seq``."""
+    return np.eye(classes)[seq] * 0.9 + 0.1 / classes
+
+
+def test_ctc_greedy_merges_repeats_and_drops_blanks():
+    assert ctc_greedy(_steps([0, 3, 3, 0, 3, 5, 5, 2])[None]) == [[3, 3, 5, 2]]
+
+
+def test_edit_distance_known_answers():
+    assert edit_distance("kitten", "sitting") == 3
+    assert edit_distance([3, 5, 2], [3, 3, 5]) == 2
+    assert edit_distance([], [1, 2]) == 2
+
+
+def test_ctc_pair_known_cer():
+    fp32 = np.stack([_steps([0, 3, 3, 0, 5, 2]), _steps([1, 0, 1, 4, 0, 0])])  # decodes to [3,5,2] and [1,1,4]
+    int8 = np.stack([_steps([0, 3, 0, 3, 5, 0]), _steps([1, 0, 1, 4, 4, 0])])  # [3,3,5] and [1,1,4]
+    acc = SequenceAccumulator(blank=0)
+    acc.update(fp32, int8)
+    r = acc.result()
+    assert r["cer"] == pytest.approx(2 / 6)  # 2 edits on the first line, none on the second, 6 reference chars
+    assert r["identical_rate"] == 0.5
+    assert r["step_agreement"] == pytest.approx(8 / 12)  # steps 0, 1, 4 of the first, all but one of the second
+
+
+def test_mask_pair_known_iou():
+    fp32 = np.zeros((1, 1, 4, 4))
+    fp32[0, 0, :2, :3] = 0.9  # 6 pixels
+    int8 = np.zeros((1, 1, 4, 4))
+    int8[0, 0, :2, 1:3] = 0.8  # 4 of them
+    int8[0, 0, 3, 3] = 0.7  # and one more
+    acc = DenseAccumulator(threshold=0.5)
+    acc.update(fp32, int8)
+    r = acc.result()
+    assert r["mask_iou"] == pytest.approx(4 / 7)
+    assert r["pixel_agreement"] == pytest.approx(13 / 16)
+    assert mask_iou(fp32 > 0.5, int8 > 0.5) == pytest.approx(4 / 7)
+
+
+def test_dense_argmax_maps_mean_iou_over_classes():
+    fp32 = np.zeros((1, 2, 1, 4))
+    fp32[0, 1, 0, 2:] = 1  # classes [0, 0, 1, 1]
+    int8 = np.zeros((1, 2, 1, 4))
+    int8[0, 1, 0, 1:] = 1  # classes [0, 1, 1, 1]
+    acc = DenseAccumulator()
+    acc.update(fp32, int8)
+    r = acc.result()
+    assert r["mask_iou"] == pytest.approx((1 / 2 + 2 / 3) / 2)  # class 0: 1 of 2, class 1: 2 of 3
+
+
+def test_generic_leaves_cosine_out_for_one_value_per_sample():
+    acc = GenericAccumulator()
+    acc.update(np.array([[1.0], [2.0]]), np.array([[1.1], [1.9]]))
+    r = acc.result()
+    assert "cosine" not in r and r["max_abs_error"] == pytest.approx(0.1)
+    assert r["sqnr_db"] == pytest.approx(10 * math.log10(5 / 0.02))
+    wide = GenericAccumulator()
+    wide.update(np.array([[1.0, 0.0]]), np.array([[0.0, 1.0]]))
+    assert wide.result()["cosine"] == 0.0
