@@ -146,3 +146,57 @@ def test_generic_leaves_cosine_out_for_one_value_per_sample():
     wide = GenericAccumulator()
     wide.update(np.array([[1.0, 0.0]]), np.array([[0.0, 1.0]]))
     assert wide.result()["cosine"] == 0.0
+
+
+def test_task_inferred_from_shape_and_values():
+    from trtq.evaluation.tasks import infer_task
+
+    rng = np.random.default_rng(0)
+    assert infer_task(rng.normal(size=(2, 10)))[0] == "classification"
+    probs = rng.random((2, 40, 30))
+    assert infer_task(probs / probs.sum(-1, keepdims=True))[0] == "sequence"
+    assert infer_task(np.log(probs / probs.sum(-1, keepdims=True)))[0] == "sequence"  # log-softmax too
+    assert infer_task(rng.normal(size=(2, 84, 8400)))[0] == "detection"  # YOLOv8 [B, 4+80, N]
+    assert infer_task(rng.normal(size=(2, 25200, 85)))[0] == "detection"
+    task, why = infer_task(rng.random((2, 1, 64, 64)))
+    assert task == "dense" and "[B, 1, 64, 64]" in why
+    assert infer_task(rng.random((2, 1)))[0] == "generic"  # one probability per sample (a VAD)
+    assert infer_task(rng.random((2, 3, 4)))[0] == "generic"
+
+
+def test_build_reports_the_task_and_custom_metric_gets_the_inputs(tiny, run_cli):
+    import json
+
+    from conftest import write_job
+
+    (tiny["dir"] / "metric.py").write_text(
+        "import numpy as np\n"
+        "def with_inputs(fp32, int8, labels, inputs):\n"
+        "    return {'input_mean': float(inputs['input'].mean()), 'n': len(inputs['input'])}\n")
+    job = dict(tiny["job"])
+    job["evaluation"] = dict(job["evaluation"], metric="metric.py:with_inputs", per_layer_samples=0)
+    code, _, err = run_cli("build", write_job(tiny["dir"] / "job.yaml", job), "-q")
+    assert code == 0, err
+    rep = json.loads((tiny["dir"] / "out" / "tiny" / "report.json").read_text())
+    assert rep["custom_metric"] == {"input_mean": pytest.approx(float(tiny["x"].mean()), rel=1e-5), "n": 24.0}
+    task = rep["tasks"]["output"]
+    assert task["task"] == "classification" and "one score per class" in task["inferred_from"]
+    assert task["top1_agreement"] == rep["int8"]["accuracy"]["top1_agreement"]
+    md = (tiny["dir"] / "out" / "tiny" / "report.md").read_text()
+    assert "| `output` | classification (inferred: [B, 3]: one score per class) | top-1 agreement" in md
+
+
+def test_a_task_that_does_not_fit_the_output_is_a_clear_error(tiny, run_cli):
+    from conftest import assert_clean_error, write_job
+
+    job = dict(tiny["job"])
+    job["evaluation"] = dict(job["evaluation"], task={"nope": "dense"})
+    code, _, err = run_cli("build", write_job(tiny["dir"] / "job.yaml", job), "-q")
+    assert_clean_error(code, err, "evaluation.task", "no output 'nope'", "output")
+
+
+def test_an_output_whose_first_axis_is_not_the_batch_is_generic():
+    from trtq.evaluation.tasks import infer_task
+
+    task, why = infer_task(np.zeros((2, 32, 128)), batch_first=False)  # silero-vad's state [2, B, 128]
+    assert task == "generic" and "not the batch" in why

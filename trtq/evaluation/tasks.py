@@ -334,3 +334,41 @@ class GenericAccumulator(Fidelity):
         if self.per_sample > 1:
             out["cosine"] = cos
         return out
+
+
+# ---------------------------------------------------------------- which task an output is
+
+def _is_distribution(x: np.ndarray) -> bool:
+    """Every row along the last axis is a probability (or log-probability) distribution."""
+    x = np.asarray(x, np.float64)
+    if x.size == 0:
+        return False
+    if x.min() >= 0 and np.allclose(x.sum(axis=-1), 1, atol=1e-3):
+        return True
+    return bool(x.max() <= 0 and np.allclose(np.exp(x).sum(axis=-1), 1, atol=1e-3))
+
+
+def detection_layout(shape: tuple[int, ...]) -> str:
+    """``[B, 4+C, N]`` or ``[B, N, 4+C]``: the shorter of the last two axes holds the box and scores."""
+    return "channels_first" if shape[1] < shape[2] else "channels_last"
+
+
+def infer_task(output: np.ndarray, batch_first: bool = True) -> tuple[str, str]:
+    """(task, what it was inferred from) for one output, from a batch of its FP32 values;
+    ``batch_first``: whether the output's first axis is the batch (the model declares a fixed
+    first dimension for a recurrent state such as ``[2, B, 128]``)."""
+    shape = tuple(np.shape(output))
+    if not batch_first:
+        return "generic", f"{list(shape)}: the first axis is not the batch (compared value by value)"
+    dims = "[" + ", ".join(["B", *map(str, shape[1:])]) + "]"
+    if len(shape) == 2 and shape[1] >= 2:
+        return "classification", f"{dims}: one score per class"
+    if len(shape) == 3 and shape[2] >= 2 and _is_distribution(output):
+        return "sequence", f"{dims}: a distribution over {shape[2]} classes at each of {shape[1]} steps (CTC)"
+    if len(shape) == 3 and min(shape[1:]) >= 5 and max(shape[1:]) >= max(256, 4 * min(shape[1:])):
+        return "detection", (f"{dims}: {min(shape[1:])} values (box + class scores) for each of "
+                             f"{max(shape[1:])} candidates")
+    if len(shape) == 4 and min(shape[2:]) >= 8:
+        what = "a probability map" if shape[1] == 1 else f"a map of {shape[1]} channels"
+        return "dense", f"{dims}: {what} over {shape[2]}×{shape[3]} positions"
+    return "generic", f"{dims}: no task shape (compared value by value)"

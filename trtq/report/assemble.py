@@ -86,7 +86,7 @@ def _document(job: Job, prepared: PreparedModel, calibration: dict, quantization
 def add_evaluation(report: dict, sections: dict, latency_ms: dict, folder: Path) -> None:
     """Put an evaluation's sections into ``report`` (replacing an earlier evaluation's) and write
     its plots into ``folder``."""
-    for key in ("per_layer", "custom_metric", "gpu_compute", "latency_ratio"):
+    for key in ("per_layer", "custom_metric", "gpu_compute", "latency_ratio", "tasks", "sensitivity"):
         report.pop(key, None)
     report.update(sections)
     names = []

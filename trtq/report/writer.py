@@ -66,6 +66,11 @@ def headline_rows(report: dict) -> list[tuple[str, str, str, str]]:
                          pct(fa[key]) + _c(fa, key), pct(ia[key]) + _c(ia, key), f"{delta:+.2f} pts"))
     if "top1_agreement" in ia:
         rows.append(("top-1 agreement", "—", pct(ia["top1_agreement"]) + _c(ia, "top1_agreement"), ""))
+    first = next(iter(report.get("tasks", {}).values()), None)
+    if first and first["task"] not in ("classification", "generic"):
+        for key, label in TASK_METRICS[first["task"]][:2]:
+            if key in first:
+                rows.append((label, "—", metric_text(key, first[key], first), "vs FP32"))
     fid = ia.get("fidelity")
     if fid:
         rows.append(("output SQNR", "—", f"{fid['sqnr_db']:.1f} dB" if isinstance(fid["sqnr_db"], float) else str(fid["sqnr_db"]), ""))
@@ -138,13 +143,53 @@ def _outputs_lines(report: dict) -> list[str]:
     if custom:
         lines += ["", "## Custom metric", "", "| metric | value |", "|---|---|"]
         lines += [f"| {k} | {v:.6g} |" for k, v in custom.items()]
-    by_output = report.get("int8", {}).get("accuracy", {}).get("fidelity_by_output")
-    if by_output:
-        lines += ["", "## Fidelity of every output", "", "| output | SQNR dB | cosine | max abs err | mean abs err |",
-                  "|---|---|---|---|---|"]
-        for name, f in by_output.items():
-            lines.append(f"| `{name}` | {_db(f['sqnr_db'])} | {f['cosine_mean']:.5f} | {f['max_abs_error']:.4g} | "
-                         f"{f['mean_abs_error']:.4g} |")
+    return lines + _tasks_lines(report)
+
+
+# what each task's figures are called in report.md, in the order shown; rates are percentages
+TASK_METRICS = {
+    "classification": [("top1_agreement", "top-1 agreement"), ("top1", "top-1"), ("top5", "top-5")],
+    "detection": [("map50", "mAP@0.5 vs FP32's boxes"), ("precision", "precision"), ("recall", "recall"),
+                  ("class_agreement", "class agreement of matched boxes")],
+    "dense": [("mask_iou", "mask IoU"), ("pixel_agreement", "pixel agreement")],
+    "sequence": [("identical_rate", "identical decoded sequences"), ("cer", "character error rate"),
+                 ("step_agreement", "per-step agreement")],
+    "generic": [("sqnr_db", "SQNR"), ("cosine", "cosine"), ("max_abs_error", "max abs error"),
+                ("mean_abs_error", "mean abs error")],
+}
+RATES = {"top1_agreement", "top1", "top5", "precision", "recall", "class_agreement", "pixel_agreement",
+         "identical_rate", "cer", "step_agreement"}
+
+
+def metric_text(key: str, value, res: dict | None = None) -> str:
+    """One figure as report.md shows it (a rate with its interval when it has one)."""
+    if not isinstance(value, (int, float)):
+        return str(value)
+    if key in RATES:
+        return pct(value) + (_ci(res, key) if res else "")
+    if key == "sqnr_db":
+        return f"{_db(value)} dB"
+    if key.endswith("abs_error"):
+        return f"{value:.4g}"
+    return f"{value:.4f}"
+
+
+def _tasks_lines(report: dict) -> list[str]:
+    tasks = report.get("tasks")
+    if not tasks:
+        return []
+    lines = ["", "## What INT8 changes in each output", "",
+             "INT8 against FP32 as the reference, by what the output means.", "",
+             "| output | task | figures |", "|---|---|---|"]
+    for name, res in tasks.items():
+        shown = [f"{label} {metric_text(k, res[k], res)}" for k, label in TASK_METRICS.get(res["task"], [])
+                 if k in res]
+        why = f" (inferred: {res['inferred_from']})" if "inferred_from" in res else ""
+        lines.append(f"| `{name}` | {res['task']}{why} | {'; '.join(shown)} |")
+        gt = res.get("ground_truth")
+        if gt:
+            lines.append(f"| `{name}` | detection vs ground truth ({gt['images']} images) | mAP@0.5 FP32 "
+                         f"{gt['fp32_map50']:.4f}, INT8 {gt['int8_map50']:.4f} |")
     return lines
 
 
