@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +21,7 @@ from ..progress import Progress
 from . import kernels, shards
 from . import store as stats_store
 from .collect import group_tensors
-from .methods import compute_ranges, describe, make_method
+from .methods import candidate_methods, compute_ranges, describe, make_method
 from .ranges import Range
 from .stats import TensorStats
 
@@ -32,6 +32,8 @@ class Calibration:
     ranges: dict[str, Range]
     means: dict[str, np.ndarray]  # tensor → per-channel mean of a weighted op's input (bias correction)
     info: dict  # the report's ``calibration`` section
+    # calibrator.method auto: method name → (its description, its ranges), all from these statistics
+    candidates: dict[str, tuple[dict, dict[str, Range]]] = field(default_factory=dict)
 
 
 def _collect_sharded(prepared: PreparedModel, spec: DataSpec, groups: list[list[str]], axes: dict,
@@ -106,4 +108,7 @@ def calibrate(prepared: PreparedModel, spec: DataSpec, calibrator: CalibratorSpe
             "tensors": len(ranges), "data_fingerprint": collected["data_fingerprint"], "source": source.description,
             "batch_size": spec.batch_size, "skip": spec.skip, "activation_layout": collected.get("layout")}
     means = {t: m for t, st in stats.items() if (m := st.channel_mean()) is not None}
-    return Calibration(stats, ranges, means, info)
+    candidates = {}
+    if calibrator.method == "auto" and calibrator.class_ is None:
+        candidates = {name: (describe(m), compute_ranges(stats, m)) for name, m in candidate_methods(calibrator).items()}
+    return Calibration(stats, ranges, means, info, candidates)

@@ -25,7 +25,7 @@ from .per_layer import per_layer_errors
 from .scoring import Scorer
 
 
-def _latency_feeds(first: dict[str, np.ndarray], batch_size: int, inputs) -> dict[str, np.ndarray]:
+def latency_feeds(first: dict[str, np.ndarray], batch_size: int, inputs) -> dict[str, np.ndarray]:
     """A batch of ``batch_size`` built from real evaluation samples (repeated if too few), on each
     input's batch axis; an input without one is fed as it is."""
     out = {}
@@ -86,7 +86,7 @@ def _add_latency(result: dict, first: dict[str, np.ndarray], lspec, timer: Timer
     raw: dict = {}
     with progress.task("measuring latency", len(lspec.batch_sizes), "batch sizes") as advance:
         for bs in lspec.batch_sizes:
-            times = timer(_latency_feeds(first, bs, inputs))
+            times = timer(latency_feeds(first, bs, inputs))
             raw[str(bs)] = times
             for side in ("fp32", "int8"):
                 lat[side][str(bs)] = summarize(times[side], bs)
@@ -113,7 +113,7 @@ def _accuracy(prepared: PreparedModel, spec: EvaluationSpec, fp32, int8,
                                       note=progress.note)):
             if first is None:
                 first = batch.feeds
-            a, b = run_pair(fp32, int8, batch, names)
+            a, b = run_checked(fp32, batch, names), run_checked(int8, batch, names)
             if batch.labels is not None:
                 _check_labels(batch, a[0], names[0], src.description)
             scorer.update(batch.feeds, a, b, batch.labels, len(batch))
@@ -121,10 +121,10 @@ def _accuracy(prepared: PreparedModel, spec: EvaluationSpec, fp32, int8,
     return scorer.result(), first
 
 
-def run_pair(fp32, int8, batch, names: list[str]) -> tuple[list, list]:
-    """Both sides' outputs of one batch; an engine that cannot run it is a data error naming it."""
+def run_checked(runner, batch, names: list[str]) -> list:
+    """``runner``'s outputs of one batch; a model that cannot run it is a data error naming it."""
     try:
-        return fp32(batch.feeds, names), int8(batch.feeds, names)
+        return runner(batch.feeds, names)
     except RunError as exc:
         raise DataError(f"evaluation: {batch.describe()}: {exc}") from None
 

@@ -30,7 +30,9 @@ LOWER_IS_BETTER = {"cer", "max_abs_error", "mean_abs_error", "mean_abs_error_pct
 
 
 def lower_is_better(metric: str) -> bool:
-    return metric.rsplit(".", 1)[-1] in LOWER_IS_BETTER
+    """``metric``: a name, ``output:name`` (output names hold dots) or ``custom.name``."""
+    base = metric.rsplit(":", 1)[-1]
+    return base.removeprefix("custom.") in LOWER_IS_BETTER
 
 
 # ---------------------------------------------------------------- detection

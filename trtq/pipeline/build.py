@@ -18,19 +18,18 @@ from ..calib.cache import cache_text
 from ..calib.calibrate import Calibration, calibrate
 from ..calib.channels import equalize_channels
 from ..calib.shards import ShardMap
-from ..data.sources import batches, open_source
+from ..data.sources import open_source
 from ..engine import onnxruntime as ort_engine
 from ..engine import tensorrt as trt_engine
 from ..evaluation.evaluate import Evaluation, evaluate, evaluate_tensorrt
 from ..job import Job
 from ..model.prepare import PreparedModel, prepare_job
 from ..progress import Progress
-from ..quant.precision import cast_nodes_fp16
-from ..quant.qdq import insert_qdq
-from ..quant.weights import QMAX_BY_BITS
-from ..report.assemble import add_evaluation, build_report
+from ..report.assemble import add_evaluation, add_search, build_report
 from ..report.writer import write_report
 from ..runtime.onnxruntime import Runner, cpu_info, session
+from . import budget
+from .variants import calibration_feeds, ort_engine_file, tensorrt_qdq
 
 
 @dataclass
@@ -77,15 +76,8 @@ def _tensorrt_engine(job: Job, prepared: PreparedModel, cal: Calibration, stage:
                                       why_not)
         progress.note(f"{engine['reason']}; on a GPU machine: {engine['build_on_gpu']['trtq']}")
         return engine
-    spec = job.calibration
-
-    def calibration_feeds():
-        src = open_source(spec, prepared.inputs, "calibration")
-        for batch in batches(src, prepared.inputs, spec.batch_size, "calibration", spec.skip, spec.max_samples):
-            yield batch.feeds
-
     engine = trt_engine.build_plan(job.tensorrt, job.calibrator, batch_sizes, stage, prepared.model, cal.ranges,
-                                   prepared.inputs, calibration_feeds, excluded, progress)
+                                   prepared.inputs, calibration_feeds(job, prepared), excluded, progress)
     if job.evaluation is None:  # with an evaluation, the inspector runs after it
         engine["inspection"] = trt_engine.inspect_plan(stage / engine["path"], prepared.inputs, engine)
     return engine
@@ -93,16 +85,11 @@ def _tensorrt_engine(job: Job, prepared: PreparedModel, cal: Calibration, stage:
 
 def _ort_engine(job: Job, prepared: PreparedModel, cal: Calibration, means, stage: Path, cpu: dict,
                 progress: Progress) -> tuple[dict, onnx.ModelProto]:
-    q = job.quantization
-    bits = ort_engine.weight_bits(q.weight_bits, cpu)
-    if q.weight_bits == "auto" and bits == 7:
+    engine, qdq = ort_engine_file(job, prepared, cal.ranges, means, stage / ORT_ENGINE, cpu)
+    if job.quantization.weight_bits == "auto" and engine["weight_bits"] == 7:
         progress.note("CPU without VNNI: ONNX Runtime engine uses 7-bit weights to avoid int16 saturation "
                       "(quantization.weight_bits overrides)")
-    qdq = insert_qdq(prepared.model, prepared.plan, cal.ranges, "onnxruntime", QMAX_BY_BITS[bits], q.weight_method,
-                     means)
-    kernels = ort_engine.build_engine(qdq, stage / ORT_ENGINE)
-    return {"path": ORT_ENGINE, "kind": "onnxruntime-cpu", "kernels": kernels, "weight_bits": bits,
-            "optimized_for": cpu}, qdq
+    return engine, qdq
 
 
 def evaluate_build(job: Job, prepared: PreparedModel, folder: Path, engine: dict, qdq: onnx.ModelProto,
@@ -164,18 +151,18 @@ def build(job: Job, out_root: Path | None = None, progress: Progress | None = No
         if prepared.equalized:
             np.savez(stage / EQUALIZATION, **dict(sorted(prepared.equalized.items())))
         cal = calibrate(prepared, job.calibration, job.calibrator, progress, root, reuse, shard_map)
+        searched = budget.run(job, prepared, cal, cpu, why_not, progress) if budget.wanted(job) else None
+        if searched is not None:
+            prepared = budget.apply(searched, job, prepared, cal)
         cal.info["cache_header"] = write_ranges(stage, cal, prepared.sha256, job, trt_version)
         means = None
         if q.bias_correction:
             means = cal.means
             arrays = dict(sorted(means.items()))  # same bytes whether collected or reused
             write_atomic(stage / MEANS, lambda tmp: np.savez(tmp, **arrays))
-        trt_qdq = insert_qdq(prepared.model, prepared.plan, cal.ranges, "tensorrt", weight_method=q.weight_method,
-                             input_means=means)
         excluded = [node for node, _ in prepared.plan.excluded]
         fp16 = q.target == "tensorrt" and q.keep_precision == "fp16" and bool(excluded)
-        if fp16:
-            trt_qdq = cast_nodes_fp16(trt_qdq, excluded)
+        trt_qdq = tensorrt_qdq(job, prepared, cal.ranges, means)
         write_atomic(stage / QDQ_MODEL, lambda tmp: onnx.save(trt_qdq, str(tmp)))
         if q.target == "tensorrt":
             engine, eval_qdq = _tensorrt_engine(job, prepared, cal, stage, excluded, progress, why_not), trt_qdq
@@ -188,10 +175,12 @@ def build(job: Job, out_root: Path | None = None, progress: Progress | None = No
                         "activation_tensors": len(prepared.plan.activations),
                         "in_subgraphs": prepared.plan.in_subgraphs,
                         "equalized": {t: int((s > 1).sum()) for t, s in prepared.equalized.items()},
-                        "narrow_channels": narrow}
+                        "narrow_channels": narrow, "kept_in_float": searched.float_layers if searched else []}
         report = build_report(job, prepared, cal.info, quantization, engine, cpu)
         if job.evaluation is not None:
             result = evaluate_build(job, prepared, stage, engine, eval_qdq, progress)
             add_evaluation(report, result.sections, result.latency_ms, stage)
+        if searched is not None:
+            add_search(report, searched.section, stage)
         write_report(report, stage)
     return BuildResult(root / job.name, report)

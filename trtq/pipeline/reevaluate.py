@@ -46,10 +46,12 @@ def reevaluate(job: Job, out_root: Path | None = None, progress: Progress | None
     report = json.loads((folder / REPORT_JSON).read_text())
     ranges_doc = json.loads((folder / RANGES).read_text())
     q = job.quantization
-    prepared = prepare(job.model, job.input_shapes, q.exclude_ops, q.exclude_nodes, job.inputs)
+    # the layers the build's accuracy target kept in float are the build's configuration
+    exclude = tuple(q.exclude_nodes) + tuple(report["quantization"].get("kept_in_float", []))
+    prepared = prepare(job.model, job.input_shapes, q.exclude_ops, exclude, job.inputs)
     if (folder / EQUALIZATION).is_file():  # the build equalized the model: evaluate that model
         with np.load(folder / EQUALIZATION) as z:
-            prepared = with_scales(prepared, {k: z[k] for k in z.files}, q.exclude_ops, q.exclude_nodes)
+            prepared = with_scales(prepared, {k: z[k] for k in z.files}, q.exclude_ops, exclude)
     if ranges_doc["model_sha256"] != prepared.sha256:
         raise JobError(f"{job.model}: the model changed since {folder} was built; rebuild with 'trtq build'")
     engine = report["engine"]

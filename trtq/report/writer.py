@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 from ..artifacts import LATENCY_PNG, PER_LAYER_PNG, REPORT_JSON, REPORT_MD, write_atomic_group
+from .search import search_lines
 
 
 def _clean(obj):
@@ -229,6 +230,9 @@ def _quantization_lines(report: dict) -> list[str]:
              f"{len(q['excluded'])} kept out of INT8 (in {q['excluded_precision'].upper()})"
              + (": " + ", ".join(f"`{n}` ({r})" for n, r in q["excluded"]) if q["excluded"] else ""),
              f"- {cal['tensors']} activation tensors calibrated; data fingerprint `{cal['data_fingerprint'][:16]}…`"]
+    if q.get("kept_in_float"):
+        lines.append(f"- {len(q['kept_in_float'])} layer(s) kept in float by the accuracy target: "
+                     + ", ".join(f"`{n}`" for n in q["kept_in_float"]))
     lines += _layout_line(cal)
     if cal.get("cache_header"):
         lines.append(f"- `calibration.cache` header `{cal['cache_header']['header']}` ({cal['cache_header']['from']})")
@@ -264,7 +268,7 @@ def render_markdown(report: dict) -> str:
     lines += _latency_lines(report) + _outputs_lines(report)
     if LATENCY_PNG in report.get("plots", []):
         lines += ["", f"![latency]({LATENCY_PNG})"]
-    lines += _per_layer_lines(report) + _quantization_lines(report)
+    lines += _per_layer_lines(report) + search_lines(report) + _quantization_lines(report)
     m = report["machine"]
     lines += ["", "## Machine", "", f"- {m['cpu']} ({m['machine']}), VNNI: {'yes' if m['vnni'] else 'no'}, "
               f"threads: {report.get('threads') or 'onnxruntime default'}",
