@@ -200,3 +200,38 @@ def test_an_output_whose_first_axis_is_not_the_batch_is_generic():
 
     task, why = infer_task(np.zeros((2, 32, 128)), batch_first=False)  # silero-vad's state [2, B, 128]
     assert task == "generic" and "not the batch" in why
+
+
+def test_a_yolo_style_head_is_scored_as_detection_end_to_end(tmp_path, run_cli):
+    import json
+
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from conftest import write_job
+
+    # x [N, 6, 256] (cx, cy, w, h, two class scores per candidate) → MatMul by a near-identity → the same layout
+    rng = np.random.default_rng(0)
+    w = (np.eye(256) + rng.normal(0, 0.001, (256, 256))).astype(np.float32)
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["head"], name="mm")], "head",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 6, 256])],
+                              [helper.make_tensor_value_info("head", TensorProto.FLOAT, ["N", 6, 256])],
+                              [numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "head.onnx")
+    x = np.zeros((8, 6, 256), np.float32)
+    x[:, :2] = rng.uniform(0, 1, (8, 2, 256))  # normalized coordinates: one int8 scale fits boxes and scores
+    x[:, 2:4] = rng.uniform(0.05, 0.2, (8, 2, 256))
+    x[:, 4:] = rng.uniform(0, 1, (8, 2, 256)) ** 8  # a few confident candidates
+    np.savez(tmp_path / "data.npz", x=x)
+    job = {"name": "head", "model": "head.onnx", "calibration": {"path": "data.npz", "batch_size": 4},
+           "evaluation": {"path": "data.npz", "batch_size": 4, "per_layer_samples": 0,
+                          "latency": {"batch_sizes": [1], "warmup": 1, "iterations": 2}}, "output": "out"}
+    code, _, err = run_cli("build", write_job(tmp_path / "job.yaml", job), "-q")
+    assert code == 0, err
+    res = json.loads((tmp_path / "out" / "head" / "report.json").read_text())["tasks"]["head"]
+    assert res["task"] == "detection" and "[B, 6, 256]" in res["inferred_from"]
+    assert res["reference_boxes"] > 0 and 0.5 < res["recall"] <= 1 and 0.5 < res["map50"] <= 1
+    assert "top1_agreement" not in json.loads((tmp_path / "out" / "head" / "report.json").read_text())["int8"][
+        "accuracy"]

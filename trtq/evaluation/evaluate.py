@@ -66,7 +66,7 @@ def evaluate(prepared: PreparedModel, spec: EvaluationSpec, qdq_model: onnx.Mode
                                lspec.warmup, lspec.iterations, lspec.duration_s)
     scored, first = _accuracy(prepared, spec, fp32, int8, progress)
     accuracy = scored["accuracy"]
-    per_layer = _per_layer(prepared, spec, qdq_model, progress) if spec.per_layer_samples else None
+    per_layer = per_layer_analysis(prepared, spec, qdq_model, progress) if spec.per_layer_samples else None
     result: dict = {side: {"accuracy": accuracy[side]} for side in ("fp32", "int8")}
     result["tasks"] = scored["tasks"]
     raw: dict = {}
@@ -138,7 +138,7 @@ def _check_labels(batch, output: np.ndarray, name: str, source: str) -> None:
                         "give evaluation.labels, or labels: none")
 
 
-def _per_layer(prepared: PreparedModel, spec: EvaluationSpec, qdq_model: onnx.ModelProto, progress: Progress) -> dict:
+def per_layer_analysis(prepared: PreparedModel, spec: EvaluationSpec, qdq_model: onnx.ModelProto, progress: Progress) -> dict:
     threads = spec.latency.threads
     planned = planned_count(open_source(spec, prepared.inputs, "evaluation"), spec.skip, spec.max_samples)
     count = min(spec.per_layer_samples, planned or spec.per_layer_samples)

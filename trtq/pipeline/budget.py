@@ -60,7 +60,7 @@ def wanted(job: Job) -> bool:
                                or ev.sensitivity.enabled)
 
 
-class _Search:
+class Search:
     """One build's candidates: the FP32 model, the variants' engines, the splits."""
 
     def __init__(self, job: Job, prepared: PreparedModel, cal: Calibration, cpu: dict, why_not, progress: Progress):
@@ -95,14 +95,14 @@ class _Search:
 def run(job: Job, prepared: PreparedModel, cal: Calibration, cpu: dict, why_not: str | None,
         progress: Progress) -> Searched:
     """The searches the job asks for, in order: calibration method, sensitivity, accuracy target."""
-    s = _Search(job, prepared, cal, cpu, why_not, progress)
+    s = Search(job, prepared, cal, cpu, why_not, progress)
     try:
         return _run(s)
     finally:
         s.variants.close()
 
 
-def _run(s: _Search) -> Searched:
+def _run(s: Search) -> Searched:
     job, spec = s.job, s.spec
     target = job.quantization.accuracy_target
     n_select = target.selection_samples if target else spec.sensitivity.samples
@@ -115,13 +115,13 @@ def _run(s: _Search) -> Searched:
     if s.cal.candidates:
         out.method = _auto_method(s, select, metric, out.section)
     if spec.sensitivity.enabled:
-        out.section["sensitivity"] = _sensitivity(s, metric)
+        out.section["sensitivity"] = measure_sensitivity(s, metric)
     if target is not None:
         out.float_layers = _target(s, select, target, out.section)
     return out
 
 
-def _auto_method(s: _Search, select: Split, metric: str, section: dict) -> str:
+def _auto_method(s: Search, select: Split, metric: str, section: dict) -> str:
     rows = []
     with s.progress.task("scoring calibration methods", len(s.cal.candidates), "methods") as advance:
         for name, (described, ranges) in s.cal.candidates.items():
@@ -145,7 +145,7 @@ def quantized_layers(prepared: PreparedModel) -> list[tuple[str, str]]:
             + [(node, ops[node]) for node, _ in plan.pools])
 
 
-def _sensitivity(s: _Search, metric: str) -> dict:
+def measure_sensitivity(s: Search, metric: str) -> dict:
     sspec = s.spec.sensitivity
     target = s.job.quantization.accuracy_target
     # within the selection split: the confirmation samples stay unseen
@@ -179,10 +179,10 @@ def meets(value: float, op: str, threshold: float) -> bool:
     return value <= threshold if op == "<=" else value >= threshold
 
 
-class _Steps:
+class Steps:
     """Every candidate the target search scored, each once."""
 
-    def __init__(self, s: _Search, split: Split, metric: str, op: str, threshold: float, max_steps: int):
+    def __init__(self, s: Search, split: Split, metric: str, op: str, threshold: float, max_steps: int):
         self.s, self.split, self.metric, self.op, self.threshold = s, split, metric, op, threshold
         self.max_steps = max_steps
         self.rows: list[dict] = []
@@ -206,7 +206,7 @@ class _Steps:
         return self.seen[key]["meets"]
 
 
-def _grow(steps: _Steps, order: list[str]) -> list[str]:
+def grow(steps: Steps, order: list[str]) -> list[str]:
     """The smallest top-k of ``order`` that meets the target: k doubled until it does, then bisected."""
     lo, hi, k = 0, len(order), 1
     while k < len(order) and not steps.full():
@@ -223,7 +223,7 @@ def _grow(steps: _Steps, order: list[str]) -> list[str]:
     return order[:hi]
 
 
-def _prune(steps: _Steps, chosen: list[str]) -> list[str]:
+def prune(steps: Steps, chosen: list[str]) -> list[str]:
     """Drop each chosen layer, least sensitive first, whose removal still meets the target."""
     for layer in reversed(list(chosen)):
         if steps.full() or len(chosen) == 1:
@@ -234,7 +234,7 @@ def _prune(steps: _Steps, chosen: list[str]) -> list[str]:
     return chosen
 
 
-def _target(s: _Search, select: Split, target: AccuracyTarget, section: dict) -> list[str]:
+def _target(s: Search, select: Split, target: AccuracyTarget, section: dict) -> list[str]:
     metric = target.metric
     fp32_value = pick(select.score(None), metric, "quantization.accuracy_target.metric")
     op, threshold = bound(target, fp32_value)
@@ -242,20 +242,20 @@ def _target(s: _Search, select: Split, target: AccuracyTarget, section: dict) ->
         raise JobError(f"quantization.accuracy_target: {metric} {op} {threshold:.4g} is missed even with every layer "
                        f"in float (FP32 gives {fp32_value:.4g} on {select.samples} selection samples); loosen the "
                        "target or change the evaluation data")
-    steps = _Steps(s, select, metric, op, threshold, target.max_steps)
+    steps = Steps(s, select, metric, op, threshold, target.max_steps)
     chosen: list[str] = []
     if not steps.try_("all INT8", []):
         if "sensitivity" not in section:  # measured only when the target needs it
-            section["sensitivity"] = _sensitivity(s, metric)
+            section["sensitivity"] = measure_sensitivity(s, metric)
         order = sensitivity.ranking(section["sensitivity"])
-        chosen = _prune(steps, _grow(steps, order))
+        chosen = prune(steps, grow(steps, order))
     section["accuracy_target"] = {"metric": metric, "op": op, "threshold": threshold, "fp32": fp32_value,
                                   "steps": steps.rows, "float_layers": chosen,
                                   "confirmation": _confirm(s, target, metric, op, threshold, chosen)}
     return chosen
 
 
-def _confirm(s: _Search, target: AccuracyTarget, metric: str, op: str, threshold: float, chosen: list[str]) -> dict:
+def _confirm(s: Search, target: AccuracyTarget, metric: str, op: str, threshold: float, chosen: list[str]) -> dict:
     """The chosen configuration and all-INT8 on the next, disjoint samples."""
     if not target.confirmation_samples:
         return {"samples": 0}

@@ -107,7 +107,7 @@ def evaluate_build(job: Job, prepared: PreparedModel, folder: Path, engine: dict
     return evaluate(prepared, job.evaluation, qdq, int8, progress)
 
 
-def _equalize(job: Job, prepared: PreparedModel, progress: Progress) -> tuple[PreparedModel, list[dict]]:
+def equalize(job: Job, prepared: PreparedModel, progress: Progress) -> tuple[PreparedModel, list[dict]]:
     q = job.quantization
     prepared, scales, narrow = equalize_channels(prepared, job.calibration, q.equalize_channels, q.exclude_ops,
                                                  q.exclude_nodes, progress=progress)
@@ -145,7 +145,7 @@ def build(job: Job, out_root: Path | None = None, progress: Progress | None = No
         open_source(job.evaluation, prepared.inputs, "evaluation")
     cpu = cpu_info()
     root = Path(out_root) if out_root is not None else job.output
-    prepared, narrow = _equalize(job, prepared, progress)
+    prepared, narrow = equalize(job, prepared, progress)
 
     with staged_output(root, job.name) as stage:
         if prepared.equalized:
