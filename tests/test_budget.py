@@ -97,3 +97,42 @@ def test_a_target_needs_one_bound_and_an_evaluation(tiny, run_cli):
     job.pop("evaluation")
     code, _, err = run_cli("build", write_job(tiny["dir"] / "job.yaml", job), "-q")
     assert_clean_error(code, err, "accuracy_target needs an evaluation section")
+
+
+class _FakeSearch:
+    """A search whose candidates meet the target exactly when layers a and c are in float."""
+
+    class progress:  # noqa: N801 - stands in for a Progress
+        @staticmethod
+        def note(text):
+            pass
+
+    def __init__(self):
+        self.scored = []
+
+    def score(self, split, layers=(), ranges=None, timed=False):
+        self.scored.append(frozenset(layers))
+        return {"m": 1.0 if {"a", "c"} <= set(layers) else 0.0}, None
+
+
+def test_grow_bisect_prune_find_the_needed_pair_in_few_candidates():
+    from trtq.pipeline import budget
+
+    s = _FakeSearch()
+    steps = budget.Steps(s, None, "m", ">=", 0.5, max_steps=100)
+    assert not steps.try_("all INT8", [])
+    chosen = budget.grow(steps, ["a", "b", "c", "d", "e", "f", "g", "h"])
+    assert chosen == ["a", "b", "c"]  # k: 1, 2 miss, 4 meets, bisected to 3
+    assert budget.prune(steps, chosen) == ["a", "c"]  # c is needed, b is not, a is needed
+    assert [r["count"] for r in steps.rows] == [0, 1, 2, 4, 3, 2, 1]
+    assert len(s.scored) == len(set(s.scored))  # no candidate scored twice
+
+
+def test_the_search_stops_at_max_steps():
+    from trtq.pipeline import budget
+
+    steps = budget.Steps(_FakeSearch(), None, "m", ">=", 0.5, max_steps=3)
+    steps.try_("all INT8", [])
+    order = ["x", "y", "z", "a", "b", "c", "d", "e"]
+    chosen = budget.grow(steps, order)
+    assert len(steps.rows) == 3 and chosen == order  # out of steps: everything in float (FP32) is known to meet it
