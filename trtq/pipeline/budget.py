@@ -107,9 +107,12 @@ def _run(s: Search) -> Searched:
     target = job.quantization.accuracy_target
     n_select = target.selection_samples if target else spec.sensitivity.samples
     select = s.split(0, n_select)
-    select.score(None)  # learns each output's task
+    if not select.samples:
+        raise JobError(f"evaluation: no samples from sample {select.skip} on for the searches to score; check "
+                       "evaluation.skip and the data")
+    fp32_values = select.score(None)  # also learns each output's task
     metric = (target.metric if target else None) or spec.sensitivity.metric or s.default_metric(select)
-    pick(select.score(None), metric, "quantization.accuracy_target.metric" if target else "evaluation.sensitivity")
+    pick(fp32_values, metric, "quantization.accuracy_target.metric" if target else "evaluation.sensitivity.metric")
     out = Searched()
     out.section["selection"] = {"skip": select.skip, "samples": select.samples}
     if s.cal.candidates:
@@ -182,9 +185,10 @@ def meets(value: float, op: str, threshold: float) -> bool:
 class Steps:
     """Every candidate the target search scored, each once."""
 
-    def __init__(self, s: Search, split: Split, metric: str, op: str, threshold: float, max_steps: int):
+    def __init__(self, s: Search, split: Split, metric: str, op: str, threshold: float, max_steps: int,
+                 timed: bool = True):
         self.s, self.split, self.metric, self.op, self.threshold = s, split, metric, op, threshold
-        self.max_steps = max_steps
+        self.max_steps, self.timed = max_steps, timed
         self.rows: list[dict] = []
         self.seen: dict[frozenset, dict] = {}
 
@@ -194,7 +198,7 @@ class Steps:
     def try_(self, phase: str, layers: list[str]) -> bool:
         key = frozenset(layers)
         if key not in self.seen:
-            values, ratio = self.s.score(self.split, layers, timed=True)
+            values, ratio = self.s.score(self.split, layers, timed=self.timed)
             row = {"step": len(self.rows) + 1, "phase": phase, "float_layers": list(layers), "count": len(layers),
                    "metric": values[self.metric], "meets": meets(values[self.metric], self.op, self.threshold),
                    "latency_ratio": ratio}
