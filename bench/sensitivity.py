@@ -56,8 +56,8 @@ TIMED = 30  # interleaved rounds per engine at batch 1
 
 # (name, job, data folder, samples: calibration, selection, confirmation, sensitivity; target)
 CASES = [
-    ("PP-OCRv4 rec", "ppocr_rec.yaml", "lines", (32, 64, 64, 32), {"metric": "cer", "maximum": 0.005}),
-    ("PP-OCRv4 det", "ppocr_det.yaml", "pages", (8, 8, 8, 8), {"metric": "mask_iou", "minimum": 0.98}),
+    ("PP-OCRv4 rec", "ppocr_rec.yaml", "lines", (32, 32, 32, 32), {"metric": "cer", "maximum": 0.01}),
+    ("PP-OCRv4 det", "ppocr_det.yaml", "pages", (8, 8, 8, 4), {"metric": "mask_iou", "minimum": 0.98}),
 ]
 
 
@@ -96,7 +96,8 @@ def noise_order(s: budget.Search, layers: list[tuple[str, str]], progress: Progr
 def strategies(s: budget.Search, select, target, progress: Progress) -> tuple[dict, list[dict], float]:
     """Each strategy's float layers and the candidates it scored; the target's threshold."""
     metric = target.metric
-    op, threshold = budget.bound(target, select.score(None)[metric])
+    fp32_value = select.score(None)[metric]
+    op, threshold = budget.bound(target, fp32_value)
     layers = budget.quantized_layers(s.prepared)
     position = {node.name: i for i, node in enumerate(s.prepared.model.graph.node)}
     graph = sorted((n for n, _ in layers), key=position.__getitem__)
@@ -110,7 +111,8 @@ def strategies(s: budget.Search, select, target, progress: Progress) -> tuple[di
                         ("noise", noise_order(s, layers, progress)),
                         ("prefix bisection", graph), ("suffix bisection", graph[::-1])):
         # only the build's own search times its candidates (its table of steps); the picks are timed together below
-        steps = budget.Steps(s, select, metric, op, threshold, 10_000, timed=name == "measured")
+        steps = budget.Steps(s, select, metric, op, threshold, target.max_steps if name == "measured" else 10_000,
+                             timed=name == "measured")
         print(f"  {name} …", flush=True)
         t0 = time.perf_counter()
         if not steps.try_("all INT8", []):
@@ -118,8 +120,12 @@ def strategies(s: budget.Search, select, target, progress: Progress) -> tuple[di
                       else bisect_prefix(steps, order, "bisect"))
         else:
             chosen = []
+        # every layer in float is FP32 itself: known to meet the target, never built
+        known = steps.seen.get(frozenset(chosen), {"metric": fp32_value})["metric"]
         out[name] = {"layers": chosen, "candidates": len(steps.rows), "seconds": time.perf_counter() - t0,
-                     "metric": steps.seen[frozenset(chosen)]["metric"] if frozenset(chosen) in steps.seen else None}
+                     "metric": known}
+        print(f"  {name}: {len(chosen)} layers in float, {metric} {known:.4g}, {len(steps.rows)} candidates, "
+              f"{out[name]['seconds']:.0f} s", flush=True)
         if name == "measured":
             pruned = budget.prune(steps, chosen)
             out["measured + prune (the build)"] = {"layers": pruned, "candidates": len(steps.rows),
@@ -175,6 +181,9 @@ def run_case(name: str, config: str, data: Path, counts, target_d: dict) -> list
              f"selection samples in {sens['seconds']:.0f} s. Every layer INT8 (the default build): "
              f"{all_int8:.4g} on the selection split — misses the target; INT8/FP32 latency {base['ratio']:.2f}× "
              f"(FP32 {base['fp32_ms']:.1f} ms at batch 1).", "",
+             *([f"INT8 is slower than FP32 on this engine even with every layer in INT8 ({base['ratio']:.2f}×): "
+                "the latency column compares slow-downs, not speed-ups, and is within this machine's noise.", ""]
+               if base["ratio"] > 1 else []),
              "| strategy | layers in float | selection | confirmation | INT8/FP32 latency | candidates scored | s |",
              "|---|---|---|---|---|---|---|"]
     for strat, p in picks.items():
@@ -200,10 +209,11 @@ def main() -> None:
     import ocr_data
 
     tmp = Path(tempfile.mkdtemp(prefix="trtq-sens-"))
-    ocr_data.write(tmp / "ocr", pages=24, lines=160)
+    ocr_data.write(tmp / "ocr", pages=24, lines=96)
     sections = []
     t0 = time.perf_counter()
     for name, config, folder, counts, target in CASES:
+        print(name, flush=True)
         sections += run_case(name, config, tmp / "ocr" / folder, counts, target)
         print("\n".join(sections[-12:]), flush=True)
     m = cpu_info()
