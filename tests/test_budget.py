@@ -136,3 +136,20 @@ def test_the_search_stops_at_max_steps():
     order = ["x", "y", "z", "a", "b", "c", "d", "e"]
     chosen = budget.grow(steps, order)
     assert len(steps.rows) == 3 and chosen == order  # out of steps: everything in float (FP32) is known to meet it
+
+
+def test_a_custom_metric_with_the_inputs_drives_the_target(tiny, run_cli):
+    # a metric only the user's code knows (here: mean |error| weighted by the input's mean), smaller is better
+    (tiny["dir"] / "metric.py").write_text(
+        "import numpy as np\n"
+        "def weighted(fp32, int8, labels, inputs):\n"
+        "    w = np.abs(inputs['input']).mean(axis=(1, 2, 3))[:, None]\n"
+        "    return {'score': float(-np.mean(w * np.abs(fp32['output'] - int8['output'])))}\n")
+    target = {"metric": "custom.score", "minimum": -0.001, "selection_samples": 12, "confirmation_samples": 12}
+    code, err, rep, _ = _build(tiny, run_cli, quantization={"accuracy_target": target},
+                               evaluation={"metric": "metric.py:weighted"})
+    assert code == 0, err
+    t = rep["search"]["accuracy_target"]
+    assert t["fp32"] == 0.0 and not t["steps"][0]["meets"]  # FP32 against itself scores 0; all-INT8 misses
+    chosen = [s for s in t["steps"] if set(s["float_layers"]) == set(t["float_layers"])][0]
+    assert chosen["meets"] and chosen["metric"] >= -0.001
