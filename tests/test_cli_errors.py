@@ -52,12 +52,12 @@ def test_interrupted_build_leaves_nothing_and_keeps_the_previous_build(tiny, run
     out = tiny["dir"] / "out"
     before = {p.name: p.read_bytes() for p in (out / "tiny").iterdir()}
 
-    import trtq.pipeline.build as build_mod
+    import trtq.pipeline.variants as variants_mod  # where the build's Q/DQ models are made
 
     def interrupt(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(build_mod, "insert_qdq", interrupt)
+    monkeypatch.setattr(variants_mod, "insert_qdq", interrupt)
     code, _, err = run_cli("build", tiny["job_path"], "-q")
     _assert_clean_error(code, err, "interrupted")
     assert sorted(p.name for p in out.iterdir()) == [".trtq-stats", "tiny"], "a staging folder was left behind"

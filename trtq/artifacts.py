@@ -36,6 +36,8 @@ REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
 LATENCY_PNG = "latency.png"
 PER_LAYER_PNG = "per_layer_sqnr.png"
+SENSITIVITY_PNG = "sensitivity.png"
+TARGET_PNG = "accuracy_target.png"
 FP32_TMP = ".model.fp32.onnx"  # the FP32 model handed to TensorRT's parser, removed after use
 FINGERPRINT = "fingerprint.json"  # trtq run: what the build and the evaluation were made from
 

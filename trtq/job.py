@@ -98,7 +98,9 @@ class DataSpec(_Strict):
 
 
 class CalibratorSpec(_Strict):
-    method: Literal["entropy", "minmax", "percentile", "mse"] = "percentile"
+    method: Literal["entropy", "minmax", "percentile", "mse", "auto"] = Field(
+        "percentile", description="auto: every built-in method from the one collection, the best on the task metric "
+        "(of evaluation's selection split) kept")
     percentile: float = Field(99.99, gt=0, le=100)
     class_: str | None = Field(None, alias="class", description="user calibrator 'file.py:Class' or 'package.module:Class'")
     options: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for the user calibrator class")
@@ -122,6 +124,27 @@ class CalibratorSpec(_Strict):
         if self.source == "tensorrt" and (self.class_ is not None or self.method not in ("entropy", "minmax")):
             raise ValueError("source: tensorrt runs TensorRT's own calibrator, which is entropy or minmax; "
                              "set method to one of those, or source: trtq")
+        return self
+
+
+class AccuracyTarget(_Strict):
+    """``quantization.accuracy_target``: keep layers out of INT8 until the metric meets it."""
+
+    metric: str = Field(description="a task metric (cer, identical_rate, mask_iou, map50, top1, top1_agreement, "
+                        "sqnr_db, …; 'output:metric' for one output) or a custom metric's key")
+    max_drop: float | None = Field(None, ge=0, description="at most this much worse than FP32's value (for metrics "
+                                   "against FP32, FP32's own: 1.0 for rates, 0 for cer)")
+    minimum: float | None = Field(None, description="at least this value (larger-is-better metrics)")
+    maximum: float | None = Field(None, description="at most this value (smaller-is-better metrics, e.g. cer)")
+    selection_samples: int = Field(32, ge=1, description="evaluation samples the search scores candidates on")
+    confirmation_samples: int = Field(32, ge=0, description="the next samples, disjoint, that confirm the choice")
+    max_steps: int = Field(24, ge=1, description="most candidate engines the search builds")
+
+    @model_validator(mode="after")
+    def _one_bound(self):
+        given = [k for k in ("max_drop", "minimum", "maximum") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of max_drop, minimum, maximum (got {', '.join(given) or 'none'})")
         return self
 
 
@@ -149,6 +172,8 @@ class QuantizationSpec(_Strict):
     adaround_iterations: int = Field(300, ge=10, le=20000, description="AdaRound: optimisation steps per layer")
     exclude_ops: tuple[str, ...] = ()
     exclude_nodes: tuple[str, ...] = ()
+    accuracy_target: AccuracyTarget | None = Field(None, description="evaluate on a selection split and keep the "
+                                                   "most sensitive layers in higher precision until this is met")
     keep_precision: Literal["fp32", "fp16"] = Field("fp16", description="precision of the layers kept out of INT8 in "
                                                     "the TensorRT model (cast in the graph: strong typing); fp16 as "
                                                     "ModelOpt; no loss measured on EfficientNet-Lite0")
@@ -198,6 +223,33 @@ class LatencySpec(_Strict):
         return v
 
 
+Task = Literal["auto", "classification", "detection", "dense", "sequence", "generic"]
+
+
+class DetectionOptions(_Strict):
+    """How a detector's output becomes boxes (``evaluation.task: detection``)."""
+
+    layout: Literal["auto", "channels_first", "channels_last", "nms"] = Field(
+        "auto", description="channels_first [B, 4+C, N] (YOLOv8), channels_last [B, N, 4+C], nms [B, N, 6] rows "
+        "x1 y1 x2 y2 score class (already suppressed); auto: the shorter of the last two axes holds 4+C")
+    box_format: Literal["cxcywh", "xyxy"] = "cxcywh"
+    score_threshold: float = Field(0.25, ge=0)
+    iou_threshold: float = Field(0.45, gt=0, le=1, description="NMS")
+    match_iou: float = Field(0.5, gt=0, le=1, description="an INT8 box matches a reference box at this IoU (mAP@0.5)")
+    max_detections: int = Field(300, ge=1)
+
+
+class SensitivitySpec(_Strict):
+    """``evaluation.sensitivity``: each quantized layer's measured effect on the task metric."""
+
+    enabled: bool = Field(False, description="measure it in every build with an evaluation (an accuracy_target "
+                          "measures it whenever it needs it)")
+    samples: int = Field(16, ge=1, description="evaluation samples each candidate engine is scored on")
+    time_budget_s: float = Field(600, gt=0, description="stop measuring layers after this long (the rest unranked)")
+    metric: str | None = Field(None, description="the metric to rank by (default: accuracy_target's, else the "
+                               "first output's task metric)")
+
+
 class EvaluationSpec(DataSpec):
     @field_validator("shards")
     @classmethod
@@ -210,6 +262,12 @@ class EvaluationSpec(DataSpec):
     top_k: int = Field(5, ge=1)
     metric: str | None = Field(None, description="custom metric 'file.py:function' or 'module:function'")
     per_layer_samples: int = Field(32, ge=0, description="samples for the per-layer error analysis; 0 skips it")
+    task: Task | dict[str, Task] = Field("auto", description="what the outputs mean: one task for every output, or "
+                                         "{output: task}; auto infers it from each output's shape and values")
+    detection: DetectionOptions = DetectionOptions()
+    dense_threshold: float = Field(0.5, description="dense maps with one channel: foreground above this value")
+    ctc_blank: int = Field(0, ge=0, description="sequence outputs: the CTC blank class")
+    sensitivity: SensitivitySpec = SensitivitySpec()
 
 
 class InputOptions(_Strict):
@@ -236,6 +294,17 @@ class Job(_Strict):
     evaluation: EvaluationSpec | None = None
     output: Path = Path("engines")
     _command: str | None = PrivateAttr(None)  # the 'trtq build' line that loads this job, when read from a file
+
+    @model_validator(mode="after")
+    def _searches_need_an_evaluation(self):
+        if self.evaluation is None:
+            if self.quantization.accuracy_target is not None:
+                raise ValueError("quantization.accuracy_target needs an evaluation section: its samples are "
+                                 "what the target is measured on")
+            if self.calibrator.method == "auto" and self.calibrator.class_ is None:
+                raise ValueError("calibrator.method: auto picks by the task metric on evaluation samples; add an "
+                                 "evaluation section or name a method")
+        return self
 
     @property
     def build_command(self) -> str:

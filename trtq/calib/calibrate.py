@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +21,7 @@ from ..progress import Progress
 from . import kernels, shards
 from . import store as stats_store
 from .collect import group_tensors
-from .methods import compute_ranges, describe, make_method, needs
+from .methods import candidate_methods, compute_ranges, describe, make_method, needs
 from .ranges import Range
 from .stats import EXACT_HISTOGRAM, TensorStats
 
@@ -32,6 +32,8 @@ class Calibration:
     ranges: dict[str, Range]
     means: dict[str, np.ndarray]  # tensor → per-channel mean of a weighted op's input (bias correction)
     info: dict  # the report's ``calibration`` section
+    # calibrator.method auto: method name → (its description, its ranges), all from these statistics
+    candidates: dict[str, tuple[dict, dict[str, Range]]] = field(default_factory=dict)
 
 
 def _shard_bounds(prepared: PreparedModel, spec: DataSpec) -> list[tuple[int, int]]:
@@ -130,7 +132,10 @@ def calibrate(prepared: PreparedModel, spec: DataSpec, calibrator: CalibratorSpe
             progress.note("compiling the statistics kernels (once per install, about 10 s)…")
         stats, collected = collect_statistics(prepared, spec, progress, shard_map)
     method = make_method(calibrator)
-    exact_seconds = collect_exact(prepared, spec, stats, progress, shard_map) if EXACT_HISTOGRAM in needs(method) else 0.0
+    auto = calibrator.method == "auto" and calibrator.class_ is None
+    trying = candidate_methods(calibrator) if auto else {}
+    wanted = needs(method, *trying.values())  # auto: entropy among the candidates wants the exact histograms too
+    exact_seconds = collect_exact(prepared, spec, stats, progress, shard_map) if EXACT_HISTOGRAM in wanted else 0.0
     if key and (stored is None or exact_seconds):
         stats_store.save(store_root, key, stats, collected)
     t1 = time.perf_counter()
@@ -143,4 +148,5 @@ def calibrate(prepared: PreparedModel, spec: DataSpec, calibrator: CalibratorSpe
             "tensors": len(ranges), "data_fingerprint": collected["data_fingerprint"], "source": source.description,
             "batch_size": spec.batch_size, "skip": spec.skip, "activation_layout": collected.get("layout")}
     means = {t: m for t, st in stats.items() if (m := st.channel_mean()) is not None}
-    return Calibration(stats, ranges, means, info)
+    candidates = {name: (describe(m), compute_ranges(stats, m)) for name, m in trying.items()}
+    return Calibration(stats, ranges, means, info, candidates)

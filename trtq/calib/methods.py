@@ -227,8 +227,15 @@ def _mse_best(s0, s1, s2, start_bin, qmax):
 BUILTIN = {"minmax": MinMax, "percentile": Percentile, "entropy": Entropy, "mse": MSE}
 
 
+def candidate_methods(spec: CalibratorSpec) -> dict:
+    """``calibrator.method: auto``: every built-in method (the percentile at the job's value),
+    each derived from the same statistics; the build keeps the one its evaluation scores best."""
+    return {name: make_method(spec.model_copy(update={"method": name})) for name in BUILTIN}
+
+
 def make_method(spec: CalibratorSpec):
-    """Build a method from the job's ``calibrator`` section."""
+    """Build a method from the job's ``calibrator`` section (``auto``: the default, percentile,
+    until the build has scored every candidate)."""
     if spec.class_:
         cls = import_callable(spec.class_, "calibrator.class")
         try:
@@ -238,7 +245,7 @@ def make_method(spec: CalibratorSpec):
         if not callable(getattr(method, "compute_amax", None)):
             raise JobError(f"calibrator.class: {spec.class_} has no compute_amax(stats) method")
         return method
-    if spec.method == "percentile":
+    if spec.method in ("percentile", "auto"):
         return Percentile(spec.percentile)
     return BUILTIN[spec.method]()
 

@@ -13,20 +13,19 @@ import numpy as np
 import onnx
 
 from ..data.sources import batches, open_source, planned_count, prefetch
-from ..errors import DataError, JobError
+from ..errors import DataError
 from ..job import EvaluationSpec, TensorRTSpec
 from ..model.load import fixed_batch
 from ..model.prepare import PreparedModel
-from ..plugins import import_callable
 from ..progress import Progress
 from ..runtime import onnxruntime as ort_runtime
 from ..runtime.onnxruntime import RunError
 from .latency import interleaved, summarize
-from .metrics import AccuracyAccumulator
 from .per_layer import per_layer_errors
+from .scoring import Scorer
 
 
-def _latency_feeds(first: dict[str, np.ndarray], batch_size: int, inputs) -> dict[str, np.ndarray]:
+def latency_feeds(first: dict[str, np.ndarray], batch_size: int, inputs) -> dict[str, np.ndarray]:
     """A batch of ``batch_size`` built from real evaluation samples (repeated if too few), on each
     input's batch axis; an input without one is fed as it is."""
     out = {}
@@ -65,14 +64,16 @@ def evaluate(prepared: PreparedModel, spec: EvaluationSpec, qdq_model: onnx.Mode
         def timer(feeds):
             return interleaved({"fp32": lambda: fp32(feeds), "int8": lambda: int8(feeds)},
                                lspec.warmup, lspec.iterations, lspec.duration_s)
-    accuracy, first = _accuracy(prepared, spec, fp32, int8, progress)
-    per_layer = _per_layer(prepared, spec, qdq_model, progress) if spec.per_layer_samples else None
+    scored, first = _accuracy(prepared, spec, fp32, int8, progress)
+    accuracy = scored["accuracy"]
+    per_layer = per_layer_analysis(prepared, spec, qdq_model, progress) if spec.per_layer_samples else None
     result: dict = {side: {"accuracy": accuracy[side]} for side in ("fp32", "int8")}
+    result["tasks"] = scored["tasks"]
     raw: dict = {}
     if measure_latency:
         raw = _add_latency(result, first, lspec, timer, progress, prepared.inputs)
-    if "custom" in accuracy:
-        result["custom_metric"] = accuracy["custom"]
+    if "custom" in scored:
+        result["custom_metric"] = scored["custom"]
     if per_layer is not None:
         result["per_layer"] = per_layer
     return Evaluation(result, raw)
@@ -85,7 +86,7 @@ def _add_latency(result: dict, first: dict[str, np.ndarray], lspec, timer: Timer
     raw: dict = {}
     with progress.task("measuring latency", len(lspec.batch_sizes), "batch sizes") as advance:
         for bs in lspec.batch_sizes:
-            times = timer(_latency_feeds(first, bs, inputs))
+            times = timer(latency_feeds(first, bs, inputs))
             raw[str(bs)] = times
             for side in ("fp32", "int8"):
                 lat[side][str(bs)] = summarize(times[side], bs)
@@ -101,38 +102,31 @@ def _add_latency(result: dict, first: dict[str, np.ndarray], lspec, timer: Timer
 
 def _accuracy(prepared: PreparedModel, spec: EvaluationSpec, fp32, int8,
               progress: Progress) -> tuple[dict, dict[str, np.ndarray]]:
-    """(accuracy and fidelity of both sides, the first batch's feeds) over every evaluation sample."""
-    inputs = prepared.inputs
+    """(accuracy and fidelity of both sides, each output's task metrics, the custom metric; the
+    first batch's feeds) over every evaluation sample."""
     names = fp32.output_names
-    accs = {n: AccuracyAccumulator(spec.top_k) for n in names}
-    metric = import_callable(spec.metric, "evaluation.metric") if spec.metric else None
-    kept: dict[str, list] = {"fp32": [], "int8": [], "labels": []}
+    scorer = Scorer(spec, names)
     first: dict[str, np.ndarray] | None = None
-    src = open_source(spec, inputs, "evaluation")
+    src = open_source(spec, prepared.inputs, "evaluation")
     with progress.task("evaluating accuracy", planned_count(src, spec.skip, spec.max_samples), "samples") as advance:
-        for batch in prefetch(batches(src, inputs, spec.batch_size, "evaluation", spec.skip, spec.max_samples,
+        for batch in prefetch(batches(src, prepared.inputs, spec.batch_size, "evaluation", spec.skip, spec.max_samples,
                                       note=progress.note)):
             if first is None:
                 first = batch.feeds
-            try:
-                a, b = fp32(batch.feeds, names), int8(batch.feeds, names)
-            except RunError as exc:
-                raise DataError(f"evaluation: {batch.describe()}: {exc}") from None
+            a, b = run_checked(fp32, batch, names), run_checked(int8, batch, names)
             if batch.labels is not None:
                 _check_labels(batch, a[0], names[0], src.description)
-            for i, n in enumerate(names):
-                accs[n].update(a[i], b[i], batch.labels if i == 0 else None)
-            if metric is not None:
-                kept["fp32"].append(dict(zip(names, a)))
-                kept["int8"].append(dict(zip(names, b)))
-                kept["labels"].append(batch.labels)
+            scorer.update(batch.feeds, a, b, batch.labels, len(batch))
             advance(len(batch))
-    accuracy = accs[names[0]].result()
-    if len(names) > 1:
-        accuracy["int8"]["fidelity_by_output"] = {n: accs[n].result()["int8"]["fidelity"] for n in names}
-    if metric is not None:
-        accuracy["custom"] = _run_metric(metric, spec.metric, kept, names)
-    return accuracy, first
+    return scorer.result(), first
+
+
+def run_checked(runner, batch, names: list[str]) -> list:
+    """``runner``'s outputs of one batch; a model that cannot run it is a data error naming it."""
+    try:
+        return runner(batch.feeds, names)
+    except RunError as exc:
+        raise DataError(f"evaluation: {batch.describe()}: {exc}") from None
 
 
 def _check_labels(batch, output: np.ndarray, name: str, source: str) -> None:
@@ -144,7 +138,7 @@ def _check_labels(batch, output: np.ndarray, name: str, source: str) -> None:
                         "give evaluation.labels, or labels: none")
 
 
-def _per_layer(prepared: PreparedModel, spec: EvaluationSpec, qdq_model: onnx.ModelProto, progress: Progress) -> dict:
+def per_layer_analysis(prepared: PreparedModel, spec: EvaluationSpec, qdq_model: onnx.ModelProto, progress: Progress) -> dict:
     threads = spec.latency.threads
     planned = planned_count(open_source(spec, prepared.inputs, "evaluation"), spec.skip, spec.max_samples)
     count = min(spec.per_layer_samples, planned or spec.per_layer_samples)
@@ -162,18 +156,6 @@ def _per_layer(prepared: PreparedModel, spec: EvaluationSpec, qdq_model: onnx.Mo
             prepared.inputs, spec.memory_budget_mb << 20)
         advance(per_layer["samples"])
     return per_layer
-
-
-def _run_metric(fn, ref: str, kept: dict, names: list[str]) -> dict:
-    cat = {side: {n: np.concatenate([b[n] for b in kept[side]]) for n in names} for side in ("fp32", "int8")}
-    labels = None if any(lab is None for lab in kept["labels"]) else np.concatenate(kept["labels"])
-    try:
-        out = fn(cat["fp32"], cat["int8"], labels)
-    except Exception as exc:  # noqa: BLE001 - user code
-        raise JobError(f"evaluation.metric: {ref} raised {exc.__class__.__name__}: {exc}") from None
-    if not isinstance(out, dict) or not all(isinstance(v, (int, float)) for v in out.values()):
-        raise JobError(f"evaluation.metric: {ref} must return a dict of numbers, e.g. {{'map': 0.41}}")
-    return {str(k): float(v) for k, v in out.items()}
 
 
 def evaluate_tensorrt(prepared: PreparedModel, spec: EvaluationSpec, trt_spec: TensorRTSpec, batch_sizes: list[int],

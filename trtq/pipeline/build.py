@@ -20,23 +20,21 @@ from ..calib.calibrate import Calibration, calibrate
 from ..calib.channels import equalize_channels
 from ..calib.layer_inputs import collect_rows
 from ..calib.shards import ShardMap
-from ..data.sources import batches, open_source
+from ..data.sources import open_source
 from ..engine import onnxruntime as ort_engine
 from ..engine import tensorrt as trt_engine
 from ..evaluation.evaluate import Evaluation, evaluate, evaluate_tensorrt
 from ..job import Job
 from ..model.prepare import PreparedModel, prepare_job
-from ..model.prequant import tensorrt_form
 from ..progress import Progress
 from ..quant.adaround import learn_plan, save_fixed
-from ..quant.precision import cast_nodes_fp16
-from ..quant.qdq import insert_qdq
 from ..quant.weights import QMAX_BY_BITS
-from ..report.assemble import add_evaluation, build_report
+from ..report.assemble import add_evaluation, add_search, build_report
 from ..report.size import model_size
 from ..report.writer import write_report
 from ..runtime.onnxruntime import Runner, cpu_info, session
-from . import prequantized
+from . import budget, prequantized
+from .variants import calibration_feeds, fp16_kept, ort_engine_file, tensorrt_qdq
 
 
 @dataclass
@@ -88,15 +86,8 @@ def _tensorrt_engine(job: Job, prepared: PreparedModel, cal: Calibration, stage:
                                       why_not)
         progress.note(f"{engine['reason']}; on a GPU machine: {engine['build_on_gpu']['trtq']}")
         return engine
-    spec = job.calibration
-
-    def calibration_feeds():
-        src = open_source(spec, prepared.inputs, "calibration")
-        for batch in batches(src, prepared.inputs, spec.batch_size, "calibration", spec.skip, spec.max_samples):
-            yield batch.feeds
-
     engine = trt_engine.build_plan(job.tensorrt, job.calibrator, batch_sizes, stage, prepared.model, cal.ranges,
-                                   prepared.inputs, calibration_feeds, excluded, progress)
+                                   prepared.inputs, calibration_feeds(job, prepared), excluded, progress)
     if job.evaluation is None:  # with an evaluation, the inspector runs after it
         engine["inspection"] = trt_engine.inspect_plan(stage / engine["path"], prepared.inputs, engine)
     return engine
@@ -130,36 +121,15 @@ class LearnedRounding:
 
 def _ort_engine(job: Job, prepared: PreparedModel, cal: Calibration, means, stage: Path, cpu: dict,
                 progress: Progress, rounding: LearnedRounding | None = None) -> tuple[dict, onnx.ModelProto]:
-    q = job.quantization
-    bits = ort_engine.weight_bits(q.weight_bits, cpu)
-    if q.weight_bits == "auto" and bits == 7:
+    fixed = None
+    if rounding is not None:
+        fixed = rounding(QMAX_BY_BITS[ort_engine.weight_bits(job.quantization.weight_bits, cpu)])
+        save_fixed(stage / ADAROUND, fixed)
+    engine, qdq = ort_engine_file(job, prepared, cal.ranges, means, stage / ORT_ENGINE, cpu, fixed)
+    if job.quantization.weight_bits == "auto" and engine["weight_bits"] == 7:
         progress.note("CPU without VNNI: ONNX Runtime engine uses 7-bit weights to avoid int16 saturation "
                       "(quantization.weight_bits overrides)")
-    if prepared.prequantized is not None:
-        fixed = prequantized.fixed_weights(prepared.prequantized)
-    else:
-        fixed = rounding(QMAX_BY_BITS[bits]) if rounding is not None else None
-        if fixed is not None:
-            save_fixed(stage / ADAROUND, fixed)
-    qdq = insert_qdq(prepared.model, prepared.plan, cal.ranges, "onnxruntime", QMAX_BY_BITS[bits], q.weight_method,
-                     means, fixed_weights=fixed, weight_granularity=q.weights)
-    kernels = ort_engine.build_engine(qdq, stage / ORT_ENGINE)
-    return {"path": ORT_ENGINE, "kind": "onnxruntime-cpu", "kernels": kernels, "weight_bits": bits,
-            "optimized_for": cpu}, qdq
-
-
-def _tensorrt_qdq(job: Job, prepared: PreparedModel, cal: Calibration, means, excluded: list[str],
-                  rounding: LearnedRounding | None) -> tuple[onnx.ModelProto, bool]:
-    """``model.int8.onnx`` and whether its kept layers are FP16: a pre-quantized model's own Q/DQ
-    as TensorRT takes it, else trtq's TensorRT placement (with AdaRound's weights, if asked for)."""
-    q = job.quantization
-    if prepared.prequantized is not None:
-        return tensorrt_form(prepared.prequantized, q.convert_asymmetric), False
-    qdq = insert_qdq(prepared.model, prepared.plan, cal.ranges, "tensorrt", weight_method=q.weight_method,
-                     input_means=means, fixed_weights=rounding(127) if rounding else None,
-                     weight_granularity=q.weights)
-    fp16 = q.target == "tensorrt" and q.keep_precision == "fp16" and bool(excluded)
-    return (cast_nodes_fp16(qdq, excluded) if fp16 else qdq), fp16
+    return engine, qdq
 
 
 def evaluate_build(job: Job, prepared: PreparedModel, folder: Path, engine: dict, qdq: onnx.ModelProto,
@@ -185,7 +155,7 @@ def cle_note(info: dict) -> str:
             + (f"; {left} Conv input(s) left ({why})" if left else ""))
 
 
-def _equalize(job: Job, prepared: PreparedModel, progress: Progress) -> tuple[PreparedModel, list[dict]]:
+def equalize(job: Job, prepared: PreparedModel, progress: Progress) -> tuple[PreparedModel, list[dict]]:
     q = job.quantization
     prepared, scales, narrow = equalize_channels(prepared, job.calibration, q.equalize_channels, q.exclude_ops,
                                                  q.exclude_nodes, progress=progress)
@@ -228,7 +198,7 @@ def build(job: Job, out_root: Path | None = None, progress: Progress | None = No
     root = Path(out_root) if out_root is not None else job.output
     narrow, pre = [], None
     if prepared.prequantized is None:
-        prepared, narrow = _equalize(job, prepared, progress)
+        prepared, narrow = equalize(job, prepared, progress)
 
     with staged_output(root, job.name) as stage:
         if prepared.equalized:
@@ -237,6 +207,9 @@ def build(job: Job, out_root: Path | None = None, progress: Progress | None = No
             cal = calibrate(prepared, job.calibration, job.calibrator, progress, root, reuse, shard_map)
         else:
             cal, prepared, pre = prequantized.calibration(job, prepared, progress, root, reuse, shard_map)
+        searched = budget.run(job, prepared, cal, cpu, why_not, progress) if budget.wanted(job) else None
+        if searched is not None:
+            prepared = budget.apply(searched, job, prepared, cal)
         cal.info["cache_header"] = write_ranges(stage, cal, prepared.sha256, job, trt_version,
                                                 prepared.plan.trt_tensors if pre is None else None)
         means = None
@@ -246,7 +219,8 @@ def build(job: Job, out_root: Path | None = None, progress: Progress | None = No
             write_atomic(stage / MEANS, lambda tmp: np.savez(tmp, **arrays))
         rounding = LearnedRounding(job, prepared, cal, progress) if q.adaround else None
         excluded = [node for node, _ in prepared.plan.excluded]
-        trt_qdq, fp16 = _tensorrt_qdq(job, prepared, cal, means, excluded, rounding)
+        fp16 = fp16_kept(job, prepared)
+        trt_qdq = tensorrt_qdq(job, prepared, cal.ranges, means, rounding(127) if rounding else None)
         write_atomic(stage / QDQ_MODEL, lambda tmp: onnx.save(trt_qdq, str(tmp)))
         if q.target == "tensorrt":
             engine, eval_qdq = _tensorrt_engine(job, prepared, cal, stage, excluded, progress, why_not), trt_qdq
@@ -261,7 +235,7 @@ def build(job: Job, out_root: Path | None = None, progress: Progress | None = No
                         "equalized": {t: int((s > 1).sum()) for t, s in prepared.equalized.items()},
                         "cross_layer_equalization": prepared.cross_layer,
                         "adaround": rounding.info if rounding else None,
-                        "narrow_channels": narrow}
+                        "narrow_channels": narrow, "kept_in_float": searched.float_layers if searched else []}
         if pre is not None:
             quantization["prequantized"] = pre
         size = model_size(prepared.path if pre is None else None, prepared.model, stage / QDQ_MODEL, trt_qdq,
@@ -270,5 +244,7 @@ def build(job: Job, out_root: Path | None = None, progress: Progress | None = No
         if job.evaluation is not None:
             result = evaluate_build(job, prepared, stage, engine, eval_qdq, progress)
             add_evaluation(report, result.sections, result.latency_ms, stage)
+        if searched is not None:
+            add_search(report, searched.section, stage)
         write_report(report, stage)
     return BuildResult(root / job.name, report)

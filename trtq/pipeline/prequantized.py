@@ -34,6 +34,9 @@ def check_target(job: Job, prepared: PreparedModel) -> None:
     if q.weights != "per_channel" or q.weight_method != "max" or q.adaround or q.cross_layer_equalization:
         raise JobError(f"{job.model}: quantization.weights/weight_method/adaround/cross_layer_equalization: this "
                        "model's weights are already quantized and are kept as they are; remove those keys")
+    if q.accuracy_target is not None or job.calibrator.method == "auto":
+        raise JobError(f"{job.model}: quantization.accuracy_target/calibrator.method auto: this model's scales are "
+                       "already chosen and are kept as they are; remove those keys")
     if q.target != "tensorrt":
         return
     if job.tensorrt.mode == "implicit":

@@ -55,12 +55,14 @@ def reevaluate(job: Job, out_root: Path | None = None, progress: Progress | None
     report = json.loads((folder / REPORT_JSON).read_text())
     ranges_doc = json.loads((folder / RANGES).read_text())
     q = job.quantization
-    prepared = prepare(job.model, job.input_shapes, q.exclude_ops, q.exclude_nodes, job.inputs,
+    # the layers the build's accuracy target kept in float are the build's configuration
+    exclude = tuple(q.exclude_nodes) + tuple(report["quantization"].get("kept_in_float", []))
+    prepared = prepare(job.model, job.input_shapes, q.exclude_ops, exclude, job.inputs,
                        cross_layer=bool(report["quantization"].get("cross_layer_equalization")),
                        for_onnxruntime=q.target == "onnxruntime")
     if (folder / EQUALIZATION).is_file():  # the build equalized the model: evaluate that model
         with np.load(folder / EQUALIZATION) as z:
-            prepared = with_scales(prepared, {k: z[k] for k in z.files}, q.exclude_ops, q.exclude_nodes)
+            prepared = with_scales(prepared, {k: z[k] for k in z.files}, q.exclude_ops, exclude)
     if prepared.prequantized is not None:  # the plan the build re-placed: the model's weights, where ranges exist
         prepared = replace(prepared, plan=restrict_plan(prepared.plan, set(prepared.prequantized.weights),
                                                         set(ranges_doc["tensors"])))

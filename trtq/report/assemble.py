@@ -10,8 +10,8 @@ import numpy as np
 import onnx
 
 from .. import __version__
-from ..artifacts import (ADAROUND, CACHE, EQUALIZATION, LATENCY_PNG, MEANS, PER_LAYER_PNG, PLAN_META, QDQ_MODEL, RANGES, REPORT_JSON,
-                         REPORT_MD, TRT_CACHE)
+from ..artifacts import (ADAROUND, CACHE, EQUALIZATION, LATENCY_PNG, MEANS, PER_LAYER_PNG, PLAN_META, QDQ_MODEL, RANGES,
+                         REPORT_JSON, REPORT_MD, SENSITIVITY_PNG, TARGET_PNG, TRT_CACHE)
 from ..job import Job
 from ..model.prepare import PreparedModel
 from . import plots
@@ -34,6 +34,11 @@ def warnings(report: dict) -> list[str]:
             names = ", ".join(k.get("fp32_weighted_nodes", [])[:5])
             out.append(f"only {k['int8_weighted']} of {total} weighted ops run as INT8 kernels; still FP32: {names}"
                        + (" …" if k["fp32_weighted"] > 5 else ""))
+    conf = report.get("search", {}).get("accuracy_target", {}).get("confirmation", {})
+    if conf.get("meets") is False:
+        t = report["search"]["accuracy_target"]
+        out.append(f"the accuracy target {t['metric']} {t['op']} {t['threshold']:.4g} was met on the selection "
+                   f"samples but not on the {conf['samples']} confirmation samples ({conf['chosen']:.4g})")
     for f in report.get("quantization", {}).get("narrow_channels", []):
         cap = f["sqnr_cap_after_db"] if f["equalized"] else f["sqnr_cap_db"]
         if cap is not None:
@@ -91,7 +96,7 @@ def _document(job: Job, prepared: PreparedModel, calibration: dict, quantization
 def add_evaluation(report: dict, sections: dict, latency_ms: dict, folder: Path) -> None:
     """Put an evaluation's sections into ``report`` (replacing an earlier evaluation's) and write
     its plots into ``folder``."""
-    for key in ("per_layer", "custom_metric", "gpu_compute", "latency_ratio"):
+    for key in ("per_layer", "custom_metric", "gpu_compute", "latency_ratio", "tasks", "sensitivity"):
         report.pop(key, None)
     report.update(sections)
     names = []
@@ -102,5 +107,21 @@ def add_evaluation(report: dict, sections: dict, latency_ms: dict, folder: Path)
         plots.per_layer_plot(sections["per_layer"], folder / PER_LAYER_PNG)
         names.append(PER_LAYER_PNG)
     report["plots"] = names
+    report["artifacts"] = list(dict.fromkeys(report["artifacts"] + names))
+    report["warnings"] = warnings(report)
+
+
+def add_search(report: dict, section: dict, folder: Path) -> None:
+    """The build's searches (calibration method, sensitivity, accuracy target) and their plots."""
+    report["search"] = section
+    names = []
+    if section.get("sensitivity", {}).get("layers"):
+        plots.sensitivity_plot(section["sensitivity"], folder / SENSITIVITY_PNG)
+        names.append(SENSITIVITY_PNG)
+    target = section.get("accuracy_target")
+    if target and any(r["latency_ratio"] is not None for r in target["steps"]):
+        plots.target_plot(target, folder / TARGET_PNG)
+        names.append(TARGET_PNG)
+    report["plots"] = report.get("plots", []) + names
     report["artifacts"] = list(dict.fromkeys(report["artifacts"] + names))
     report["warnings"] = warnings(report)

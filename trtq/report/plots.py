@@ -55,3 +55,42 @@ def per_layer_plot(per_layer: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100, metadata={"Software": None})
     plt.close(fig)
+
+
+def sensitivity_plot(sens: dict, path: Path, top: int = 30) -> None:
+    """The ``top`` layers whose staying in float helps the metric most, as bars."""
+    plt = _pyplot()
+    rows = sens["layers"][:top]
+    fig, ax = plt.subplots(figsize=(7, max(2.5, 0.22 * len(rows) + 1)))
+    ax.barh(range(len(rows)), [r["gain"] for r in rows], color="tab:blue")
+    ax.set_yticks(range(len(rows)), [r["node"] for r in rows], fontsize=7)
+    ax.invert_yaxis()
+    ax.axvline(0, color="black", linewidth=0.8)
+    ax.set_xlabel(f"{sens['metric']}: better by (only this layer in float)")
+    ax.set_title(f"Measured layer sensitivity ({sens['samples']} samples; all INT8: {sens['all_int8']:.4g})")
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100, metadata={"Software": None})
+    plt.close(fig)
+
+
+def target_plot(target: dict, path: Path) -> None:
+    """Each candidate of the accuracy-target search: its metric against its INT8/FP32 latency."""
+    plt = _pyplot()
+    rows = [r for r in target["steps"] if r["latency_ratio"] is not None]
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    for r in rows:
+        ax.plot(r["latency_ratio"], r["metric"], "o", color="tab:green" if r["meets"] else "tab:red")
+        ax.annotate(str(r["count"]), (r["latency_ratio"], r["metric"]), textcoords="offset points", xytext=(4, 3),
+                    fontsize=7)
+    ax.axhline(target["threshold"], color="gray", linestyle="--", label=f"target {target['op']} "
+               f"{target['threshold']:.4g}")
+    ax.axvline(1.0, color="black", linewidth=0.8, label="FP32 latency")
+    ax.set_xlabel("latency, INT8 candidate / FP32")
+    ax.set_ylabel(target["metric"])
+    ax.set_title("Accuracy target search (labels: layers in float; green meets)")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100, metadata={"Software": None})
+    plt.close(fig)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..artifacts import LATENCY_PNG, PER_LAYER_PNG, REPORT_JSON, REPORT_MD, write_atomic_group
 from .size import megabytes
+from .search import search_lines
 
 
 def _clean(obj):
@@ -67,6 +68,11 @@ def headline_rows(report: dict) -> list[tuple[str, str, str, str]]:
                          pct(fa[key]) + _c(fa, key), pct(ia[key]) + _c(ia, key), f"{delta:+.2f} pts"))
     if "top1_agreement" in ia:
         rows.append(("top-1 agreement", "—", pct(ia["top1_agreement"]) + _c(ia, "top1_agreement"), ""))
+    first = next(iter(report.get("tasks", {}).values()), None)
+    if first and first["task"] not in ("classification", "generic"):
+        for key, label in TASK_METRICS[first["task"]][:2]:
+            if key in first:
+                rows.append((label, "—", metric_text(key, first[key], first), "vs FP32"))
     fid = ia.get("fidelity")
     if fid:
         rows.append(("output SQNR", "—", f"{fid['sqnr_db']:.1f} dB" if isinstance(fid["sqnr_db"], float) else str(fid["sqnr_db"]), ""))
@@ -159,13 +165,53 @@ def _outputs_lines(report: dict) -> list[str]:
     if custom:
         lines += ["", "## Custom metric", "", "| metric | value |", "|---|---|"]
         lines += [f"| {k} | {v:.6g} |" for k, v in custom.items()]
-    by_output = report.get("int8", {}).get("accuracy", {}).get("fidelity_by_output")
-    if by_output:
-        lines += ["", "## Fidelity of every output", "", "| output | SQNR dB | cosine | max abs err | mean abs err |",
-                  "|---|---|---|---|---|"]
-        for name, f in by_output.items():
-            lines.append(f"| `{name}` | {_db(f['sqnr_db'])} | {f['cosine_mean']:.5f} | {f['max_abs_error']:.4g} | "
-                         f"{f['mean_abs_error']:.4g} |")
+    return lines + _tasks_lines(report)
+
+
+# what each task's figures are called in report.md, in the order shown; rates are percentages
+TASK_METRICS = {
+    "classification": [("top1_agreement", "top-1 agreement"), ("top1", "top-1"), ("top5", "top-5")],
+    "detection": [("map50", "mAP@0.5 vs FP32's boxes"), ("precision", "precision"), ("recall", "recall"),
+                  ("class_agreement", "class agreement of matched boxes")],
+    "dense": [("mask_iou", "mask IoU"), ("pixel_agreement", "pixel agreement")],
+    "sequence": [("identical_rate", "identical decoded sequences"), ("cer", "character error rate"),
+                 ("step_agreement", "per-step agreement")],
+    "generic": [("sqnr_db", "SQNR"), ("cosine", "cosine"), ("max_abs_error", "max abs error"),
+                ("mean_abs_error", "mean abs error")],
+}
+RATES = {"top1_agreement", "top1", "top5", "precision", "recall", "class_agreement", "pixel_agreement",
+         "identical_rate", "cer", "step_agreement"}
+
+
+def metric_text(key: str, value, res: dict | None = None) -> str:
+    """One figure as report.md shows it (a rate with its interval when it has one)."""
+    if not isinstance(value, (int, float)):
+        return str(value)
+    if key in RATES:
+        return pct(value) + (_ci(res, key) if res else "")
+    if key == "sqnr_db":
+        return f"{_db(value)} dB"
+    if key.endswith("abs_error"):
+        return f"{value:.4g}"
+    return f"{value:.4f}"
+
+
+def _tasks_lines(report: dict) -> list[str]:
+    tasks = report.get("tasks")
+    if not tasks:
+        return []
+    lines = ["", "## What INT8 changes in each output", "",
+             "INT8 against FP32 as the reference, by what the output means.", "",
+             "| output | task | figures |", "|---|---|---|"]
+    for name, res in tasks.items():
+        shown = [f"{label} {metric_text(k, res[k], res)}" for k, label in TASK_METRICS.get(res["task"], [])
+                 if k in res]
+        why = f" (inferred: {res['inferred_from']})" if "inferred_from" in res else ""
+        lines.append(f"| `{name}` | {res['task']}{why} | {'; '.join(shown)} |")
+        gt = res.get("ground_truth")
+        if gt:
+            lines.append(f"| `{name}` | detection vs ground truth ({gt['images']} images) | mAP@0.5 FP32 "
+                         f"{gt['fp32_map50']:.4f}, INT8 {gt['int8_map50']:.4f} |")
     return lines
 
 
@@ -223,6 +269,9 @@ def _quantization_lines(report: dict) -> list[str]:
              f"{len(q['excluded'])} kept out of INT8 (in {q['excluded_precision'].upper()})"
              + (": " + ", ".join(f"`{n}` ({r})" for n, r in q["excluded"]) if q["excluded"] else ""),
              _calibrated_line(cal, q.get("prequantized"))]
+    if q.get("kept_in_float"):
+        lines.append(f"- {len(q['kept_in_float'])} layer(s) kept in float by the accuracy target: "
+                     + ", ".join(f"`{n}`" for n in q["kept_in_float"]))
     lines += _layout_line(cal)
     if cal.get("cache_header"):
         lines.append(f"- `calibration.cache` header `{cal['cache_header']['header']}` ({cal['cache_header']['from']})")
@@ -262,7 +311,7 @@ def render_markdown(report: dict) -> str:
     lines += _latency_lines(report) + _outputs_lines(report)
     if LATENCY_PNG in report.get("plots", []):
         lines += ["", f"![latency]({LATENCY_PNG})"]
-    lines += _per_layer_lines(report) + _quantization_lines(report)
+    lines += _per_layer_lines(report) + search_lines(report) + _quantization_lines(report)
     m = report["machine"]
     lines += ["", "## Machine", "", f"- {m['cpu']} ({m['machine']}), VNNI: {'yes' if m['vnni'] else 'no'}, "
               f"threads: {report.get('threads') or 'onnxruntime default'}",
