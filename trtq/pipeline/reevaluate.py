@@ -18,30 +18,24 @@ from ..model.prepare import prepare
 from ..model.prequant import restrict_plan
 from ..progress import Progress
 from ..quant.adaround import load_fixed
-from ..quant.qdq import insert_qdq
-from ..quant.weights import QMAX_BY_BITS
 from ..report.assemble import add_evaluation
 from ..report.writer import write_report
 from .build import BuildResult, evaluate_build
-from .prequantized import fixed_weights
+from .variants import ort_qdq
 
 
 def _ort_qdq(prepared, folder: Path, report: dict, ranges_doc: dict) -> onnx.ModelProto:
     """The ONNX Runtime-flavour Q/DQ model the build made (not kept on disk): from its ranges,
     weight bits and channel means."""
     ranges = {k: Range.from_json(v) for k, v in ranges_doc["tensors"].items()}
-    qmax = QMAX_BY_BITS[report["engine"].get("weight_bits", 8)]
     means = None
     if (folder / MEANS).is_file():
         with np.load(folder / MEANS) as z:
             means = {k: z[k] for k in z.files}
-    if prepared.prequantized is not None:
-        fixed = fixed_weights(prepared.prequantized)
-    else:
-        fixed = load_fixed(folder / ADAROUND) if (folder / ADAROUND).is_file() else None  # learned rounding
-    return insert_qdq(prepared.model, prepared.plan, ranges, "onnxruntime", qmax,
-                      report["quantization"].get("weight_method", "max"), means, fixed_weights=fixed,
-                      weight_granularity=report["quantization"].get("weights", "per_channel"))
+    fixed = load_fixed(folder / ADAROUND) if (folder / ADAROUND).is_file() else None  # learned rounding
+    q = report["quantization"]
+    return ort_qdq(prepared, ranges, means, report["engine"].get("weight_bits", 8), q.get("weight_method", "max"),
+                   q.get("weights", "per_channel"), fixed)
 
 
 def reevaluate(job: Job, out_root: Path | None = None, progress: Progress | None = None) -> BuildResult:

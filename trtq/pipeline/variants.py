@@ -30,16 +30,22 @@ from ..runtime.onnxruntime import Runner, session
 from .prequantized import fixed_weights
 
 
+def ort_qdq(prepared: PreparedModel, ranges: dict[str, Range], means, bits: int, weight_method: str,
+            granularity: str, fixed: dict[str, FixedWeight] | None = None) -> onnx.ModelProto:
+    """The ONNX Runtime-flavour Q/DQ model; ``fixed``: int8 weights decided before (AdaRound's);
+    a pre-quantized model's own are used."""
+    if prepared.prequantized is not None:
+        fixed = fixed_weights(prepared.prequantized)
+    return insert_qdq(prepared.model, prepared.plan, ranges, "onnxruntime", QMAX_BY_BITS[bits], weight_method,
+                      means, fixed_weights=fixed, weight_granularity=granularity)
+
+
 def ort_engine_file(job: Job, prepared: PreparedModel, ranges: dict[str, Range], means, path: Path,
                     cpu: dict, fixed: dict[str, FixedWeight] | None = None) -> tuple[dict, onnx.ModelProto]:
-    """The ONNX Runtime engine at ``path`` (the report's engine section) and its Q/DQ model;
-    ``fixed``: int8 weights decided before (AdaRound's); a pre-quantized model's own are used."""
+    """The ONNX Runtime engine at ``path`` (the report's engine section) and its Q/DQ model (:func:`ort_qdq`)."""
     q = job.quantization
     bits = ort_engine.weight_bits(q.weight_bits, cpu)
-    if fixed is None and prepared.prequantized is not None:
-        fixed = fixed_weights(prepared.prequantized)
-    qdq = insert_qdq(prepared.model, prepared.plan, ranges, "onnxruntime", QMAX_BY_BITS[bits], q.weight_method,
-                     means, fixed_weights=fixed, weight_granularity=q.weights)
+    qdq = ort_qdq(prepared, ranges, means, bits, q.weight_method, q.weights, fixed)
     kernels = ort_engine.build_engine(qdq, path)
     return {"path": path.name, "kind": "onnxruntime-cpu", "kernels": kernels, "weight_bits": bits,
             "optimized_for": cpu}, qdq
